@@ -1,0 +1,1 @@
+"""Builder of the built-in model zoo (synthetic shapes, training, export, reference outputs)."""
