@@ -1,0 +1,332 @@
+"""Fetch an artifact from its origin: ``file://``, plain absolute paths, ``http(s)://``, ``s3://``
+and ``gs://``.
+
+The one entry point is :func:`fetch_to_file`, which streams the artifact into an open binary file
+in chunks (the whole artifact is never held in memory). Transient failures (connection errors,
+timeouts, truncated bodies, HTTP 5xx and 429, S3/GCS errors other than "not found" and "access
+denied") are retried with exponential backoff and jitter; each retry truncates ``dest`` and starts
+from byte zero. Everything else fails at once with an :class:`~serve_app.errors.ArtifactError`.
+
+Error messages name the origin as ``scheme://host/path`` only: no user info, no query string (a
+signed URL's signature is a credential), no credentials from the environment.
+
+Credentials: ``s3://`` uses pyarrow's standard AWS chain (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``~/.aws``, instance metadata) unless
+``s3_anonymous``; ``gs://`` uses Google's default credentials (``GOOGLE_APPLICATION_CREDENTIALS``,
+metadata server) unless ``gcs_anonymous``. Nothing here reads secrets itself.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
+
+import requests
+
+from serve_app.errors import ArtifactError
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+_MAX_BACKOFF_S = 30.0
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Environment values that must never appear in a message, even if a library echoes them.
+_SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to reach origins. One instance per deployment, built from settings.
+
+    ``retries`` counts retries after the first attempt: ``retries=3`` makes at most 4 attempts.
+    ``backoff_s`` is the first delay; it doubles per retry, times a jitter factor in [0.5, 1).
+    ``s3_endpoint_override`` may carry a scheme (``"http://127.0.0.1:9000"``) or not
+    (``"minio:9000"``, then HTTPS).
+    """
+
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    retries: int = 3
+    backoff_s: float = 0.2
+    s3_endpoint_override: str | None = None
+    s3_region: str | None = None
+    s3_anonymous: bool = False
+    gcs_endpoint_override: str | None = None
+    gcs_anonymous: bool = False
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise ValueError(
+                f"timeouts must be > 0, got connect={self.connect_timeout_s} "
+                f"read={self.read_timeout_s}"
+            )
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.backoff_s < 0:
+            raise ValueError(f"backoff_s must be >= 0, got {self.backoff_s}")
+
+
+class _Transient(Exception):
+    """An attempt failed in a way another attempt may fix. ``detail`` is already redacted."""
+
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+def redact_uri(uri: str) -> str:
+    """The URI as ``scheme://host[:port]/path``: no user info, query or fragment.
+
+    >>> redact_uri("https://user:pw@example.com:8443/a/b.onnx?X-Amz-Signature=abc#f")
+    'https://example.com:8443/a/b.onnx'
+    >>> redact_uri("/models/a.onnx")
+    '/models/a.onnx'
+    """
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparseable uri>"
+    if not parts.scheme:
+        return parts.path
+    if port is not None:
+        host = f"{host}:{port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def _scrub(text: str, uri: str) -> str:
+    """Remove the URI's secrets (user info, query) and AWS secrets from a library's message."""
+    try:
+        parts = urlsplit(uri)
+        secrets = [parts.query, parts.username or "", parts.password or ""]
+    except ValueError:
+        secrets = []
+    secrets += [os.environ.get(name, "") for name in _SECRET_ENV_VARS]
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "<redacted>")
+    return text[:300]
+
+
+def fetch_to_file(
+    uri: str,
+    dest: BinaryIO,
+    options: SourceOptions | None = None,
+    *,
+    expected_size: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Stream the artifact at ``uri`` into ``dest`` and return the number of bytes written.
+
+    ``dest`` must be seekable: it is truncated to zero before every attempt, so on success it
+    holds exactly the artifact. With ``expected_size`` a body of another length is an error
+    (retried, as a truncated transfer looks the same). Raises ``ArtifactError``.
+
+    >>> import io, tempfile
+    >>> with tempfile.NamedTemporaryFile() as src:
+    ...     _ = src.write(b"weights"); src.flush()
+    ...     fetch_to_file(src.name, io.BytesIO(), expected_size=7)
+    7
+    """
+    options = options or SourceOptions()
+    if expected_size is not None and expected_size < 0:
+        raise ValueError(f"expected_size must be >= 0, got {expected_size}")
+    attempt_fn = _attempt_for(uri, options)
+    shown = redact_uri(uri)
+    attempts = options.retries + 1
+    for attempt in range(attempts):
+        dest.seek(0)
+        dest.truncate()
+        try:
+            written = _copy(attempt_fn(), dest, uri, expected_size)
+            dest.flush()
+            return written
+        except _Transient as exc:
+            if attempt + 1 >= attempts:
+                raise ArtifactError(
+                    f"could not fetch {shown} after {attempts} attempt(s): {exc.detail}"
+                ) from None
+            delay = min(options.backoff_s * (2**attempt), _MAX_BACKOFF_S)
+            delay *= random.uniform(0.5, 1.0)
+            if exc.retry_after is not None:
+                delay = max(delay, min(exc.retry_after, _MAX_BACKOFF_S))
+            logger.warning(
+                "fetching %s failed (attempt %d/%d): %s; retrying in %.2fs",
+                shown, attempt + 1, attempts, exc.detail, delay,
+            )
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _copy(chunks: Iterator[bytes], dest: BinaryIO, uri: str, expected_size: int | None) -> int:
+    written = 0
+    try:
+        for chunk in chunks:
+            written += len(chunk)
+            if expected_size is not None and written > expected_size:
+                raise _Transient(f"body is longer than the expected {expected_size} bytes")
+            dest.write(chunk)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if expected_size is not None and written != expected_size:
+        raise _Transient(f"got {written} bytes, expected {expected_size}")
+    return written
+
+
+def _attempt_for(uri: str, options: SourceOptions) -> Callable[[], Iterator[bytes]]:
+    """Pick the scheme's reader; each call of the result is one attempt from byte zero."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        raise ArtifactError("artifact URI could not be parsed") from None
+    scheme = parts.scheme.lower()
+    if scheme == "" and uri.startswith("/"):
+        return lambda: _read_local(uri, uri)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ArtifactError(f"file URI must be local, got host in {redact_uri(uri)}")
+        return lambda: _read_local(unquote(parts.path), uri)
+    if scheme in ("http", "https"):
+        return lambda: _read_http(uri, options)
+    if scheme in ("s3", "gs"):
+        if not parts.netloc or parts.path.strip("/") == "":
+            raise ArtifactError(f"{scheme} URI must be {scheme}://bucket/key, got {redact_uri(uri)}")
+        path = parts.netloc + unquote(parts.path)
+        return lambda: _read_object_store(scheme, path, uri, options)
+    raise ArtifactError(
+        f"unsupported artifact URI {redact_uri(uri)!r}: use file://, an absolute path, "
+        "http(s)://, s3:// or gs://"
+    )
+
+
+def _read_local(path: str, uri: str) -> Iterator[bytes]:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the generator
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact not found: {redact_uri(uri)}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ArtifactError(f"cannot read {redact_uri(uri)}: {type(exc).__name__}") from None
+    with f:
+        while chunk := f.read(CHUNK_BYTES):
+            yield chunk
+
+
+def _read_http(uri: str, options: SourceOptions) -> Iterator[bytes]:
+    shown = redact_uri(uri)
+    try:
+        # identity: the bytes on the wire are the artifact, so Content-Length is its size.
+        response = requests.get(
+            uri,
+            stream=True,
+            timeout=(options.connect_timeout_s, options.read_timeout_s),
+            headers={"Accept-Encoding": "identity"},
+        )
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects) as exc:
+        raise ArtifactError(f"cannot fetch {shown}: {type(exc).__name__}") from None
+    except requests.RequestException as exc:
+        raise _Transient(_describe(exc, uri)) from None
+    with response:
+        status = response.status_code
+        if status in _RETRY_STATUSES or status >= 500:
+            raise _Transient(f"HTTP {status}", retry_after=_retry_after(response))
+        if status >= 400:
+            hint = {401: " (unauthorized)", 403: " (forbidden)", 404: " (not found)",
+                    410: " (gone)"}.get(status, "")
+            raise ArtifactError(f"origin answered HTTP {status}{hint} for {shown}")
+        try:
+            yield from response.iter_content(chunk_size=CHUNK_BYTES)
+        except requests.RequestException as exc:
+            raise _Transient(_describe(exc, uri)) from None
+
+
+def _describe(exc: BaseException, uri: str) -> str:
+    text = str(exc)
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        kind = "connect timed out"
+    elif isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text:
+        kind = "read timed out"
+    elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        kind = "connection closed before the body ended"
+    elif "Connection refused" in text:
+        kind = "connection refused"
+    else:
+        kind = type(exc).__name__
+    return f"{kind} ({_scrub(text, uri)})" if kind == type(exc).__name__ else kind
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date; the backoff is good enough
+
+
+def _object_store(scheme: str, options: SourceOptions):
+    from pyarrow import fs  # imported here: pyarrow is heavy and only s3/gs need it
+
+    if scheme == "s3":
+        kwargs: dict = {
+            "anonymous": options.s3_anonymous,
+            "region": options.s3_region,
+            "connect_timeout": options.connect_timeout_s,
+            "request_timeout": options.read_timeout_s,
+            # One retry policy, ours: the SDK's own retries would multiply with it.
+            "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=1),
+        }
+        if options.s3_endpoint_override:
+            kwargs.update(_split_endpoint(options.s3_endpoint_override))
+        return fs.S3FileSystem(**kwargs)
+    kwargs = {
+        "anonymous": options.gcs_anonymous,
+        "retry_time_limit": datetime.timedelta(
+            seconds=max(1, int(options.connect_timeout_s + options.read_timeout_s))
+        ),
+    }
+    if options.gcs_endpoint_override:
+        kwargs.update(_split_endpoint(options.gcs_endpoint_override))
+    return fs.GcsFileSystem(**kwargs)
+
+
+def _split_endpoint(endpoint: str) -> dict:
+    if "://" in endpoint:
+        scheme, _, host = endpoint.partition("://")
+        return {"scheme": scheme, "endpoint_override": host.rstrip("/")}
+    return {"endpoint_override": endpoint.rstrip("/")}
+
+
+def _read_object_store(scheme: str, path: str, uri: str, options: SourceOptions) -> Iterator[bytes]:
+    shown = redact_uri(uri)
+    try:
+        filesystem = _object_store(scheme, options)
+        stream = filesystem.open_input_stream(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact not found: {shown}") from None
+    except PermissionError:
+        raise ArtifactError(f"access denied to {shown}") from None
+    except OSError as exc:
+        message = str(exc)
+        if "ACCESS_DENIED" in message or "AccessDenied" in message:
+            raise ArtifactError(f"access denied to {shown}") from None
+        if "NO_SUCH" in message or "NoSuchKey" in message or "NoSuchBucket" in message:
+            raise ArtifactError(f"artifact not found: {shown}") from None
+        raise _Transient(_scrub(message, uri)) from None
+    with stream:
+        while True:
+            try:
+                chunk = stream.read(CHUNK_BYTES)
+            except OSError as exc:
+                raise _Transient(_scrub(str(exc), uri)) from None
+            if not chunk:
+                return
+            yield chunk

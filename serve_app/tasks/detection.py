@@ -1,0 +1,62 @@
+"""Object detection: YOLOv8/YOLO11 (``[4+C(+E), N]``) and YOLOv5/YOLOv7 (``[N, 5+C(+E)]``) outputs.
+
+Both decoders return the same thing: candidate boxes (xyxy, input pixels), per-class scores and
+the extra columns (mask coefficients, keypoints) that ride along with each box.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve_app.pipeline.geometry import xywh_to_xyxy
+from serve_app.tasks.nms import batched_nms
+
+
+@dataclass(frozen=True)
+class Candidates:
+    boxes: np.ndarray  # (N, 4) xyxy, input pixels
+    scores: np.ndarray  # (N, C) class confidences
+    extra: np.ndarray  # (N, E)
+
+
+@dataclass(frozen=True)
+class Selected:
+    boxes: np.ndarray  # (M, 4) xyxy, input pixels
+    confidence: np.ndarray  # (M,)
+    class_id: np.ndarray  # (M,) int
+    extra: np.ndarray  # (M, E)
+
+
+def decode_yolov8(output: np.ndarray, num_classes: int) -> Candidates:
+    """One image's ``[4 + C + E, N]`` output (centre x, y, w, h; class scores; extras)."""
+    if output.ndim != 2 or output.shape[0] < 4 + num_classes:
+        raise ValueError(f"YOLOv8 output must be [4+{num_classes}+E, N], got {list(output.shape)}")
+    rows = output.T
+    return Candidates(xywh_to_xyxy(rows[:, :4]), rows[:, 4:4 + num_classes], rows[:, 4 + num_classes:])
+
+
+def decode_yolov5(output: np.ndarray, num_classes: int) -> Candidates:
+    """One image's ``[N, 5 + C + E]`` output; confidence = objectness x class probability."""
+    if output.ndim != 2 or output.shape[1] < 5 + num_classes:
+        raise ValueError(f"YOLOv5 output must be [N, 5+{num_classes}+E], got {list(output.shape)}")
+    scores = output[:, 5:5 + num_classes] * output[:, 4:5]
+    return Candidates(xywh_to_xyxy(output[:, :4]), scores, output[:, 5 + num_classes:])
+
+
+def select(c: Candidates, *, confidence: float, iou_threshold: float, class_agnostic: bool = False,
+           class_ids_allowed: np.ndarray | None = None, max_detections: int = 300, max_candidates: int = 3000) -> Selected:
+    """Threshold, keep the best class per box, filter classes, cut to ``max_candidates``, NMS, cut."""
+    scores = c.scores
+    if class_ids_allowed is not None:
+        masked = np.full_like(scores, -1.0)
+        masked[:, class_ids_allowed] = scores[:, class_ids_allowed]
+        scores = masked
+    class_id = scores.argmax(axis=1)
+    conf = scores[np.arange(len(scores)), class_id]
+    keep = np.flatnonzero(conf > confidence)
+    if keep.size > max_candidates:
+        keep = keep[np.argsort(-conf[keep], kind="stable")[:max_candidates]]
+    boxes, conf, class_id = c.boxes[keep], conf[keep], class_id[keep]
+    kept = batched_nms(boxes, conf, class_id, iou_threshold, class_agnostic)[:max_detections]
+    return Selected(boxes[kept], conf[kept], class_id[kept].astype(np.int64), c.extra[keep][kept])

@@ -1,0 +1,59 @@
+"""Held-out accuracy of the zoo, measured by Ultralytics' own validator on the exported ONNX files."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import yaml
+
+from zoo.build import MODELS, WORK, _label_lines
+from zoo.heldout import heldout_cls_scenes, heldout_scenes
+from zoo.shapes import CLASSES
+
+N_HELDOUT = 200
+
+
+def _write_heldout() -> None:
+    scenes = heldout_scenes(N_HELDOUT)
+    for kind in ("det", "seg", "pose"):
+        root = WORK / "heldout" / kind
+        (root / "images" / "val").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / "val").mkdir(parents=True, exist_ok=True)
+        for i, scene in enumerate(scenes):
+            cv2.imwrite(str(root / "images" / "val" / f"{i:05d}.jpg"), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            (root / "labels" / "val" / f"{i:05d}.txt").write_text("\n".join(_label_lines(scene, kind)) + "\n")
+        data = {"path": str(root), "train": "images/val", "val": "images/val"}
+        if kind == "pose":
+            data.update(names={0: "triangle"}, kpt_shape=[3, 3], flip_idx=[0, 2, 1])
+        else:
+            data["names"] = dict(enumerate(CLASSES))
+        (WORK / "heldout" / f"{kind}.yaml").write_text(yaml.safe_dump(data))
+
+
+def evaluate_all() -> dict:
+    from ultralytics import YOLO
+
+    _write_heldout()
+    figures: dict = {"heldout_images": N_HELDOUT}
+    for kind, task, model_id in (("det", "detect", "shapes-det/1"), ("seg", "segment", "shapes-seg/1"),
+                                 ("pose", "pose", "shapes-pose/1")):
+        m = YOLO(str(MODELS / model_id / "weights.onnx"), task=task)
+        r = m.val(data=str(WORK / "heldout" / f"{kind}.yaml"), imgsz=320, batch=1, plots=False, verbose=False,
+                  project=str(WORK / "val"), name=kind, exist_ok=True)
+        entry = {"box_map50": round(float(r.box.map50), 4), "box_map50_95": round(float(r.box.map), 4)}
+        if kind == "seg":
+            entry["mask_map50"] = round(float(r.seg.map50), 4)
+        if kind == "pose":
+            entry["pose_map50"] = round(float(r.pose.map50), 4)
+        figures[model_id] = entry
+    m = YOLO(str(MODELS / "shapes-cls/1" / "weights.onnx"), task="classify")
+    scenes = heldout_cls_scenes(300)
+    correct = 0
+    for scene in scenes:
+        r = m.predict(scene.image, imgsz=128, verbose=False)[0]
+        correct += CLASSES[int(r.probs.top1)] == scene.shapes[0].class_name
+    figures["shapes-cls/1"] = {"top1": round(correct / len(scenes), 4), "images": len(scenes)}
+    out = MODELS / "zoo_figures.json"
+    out.write_text(json.dumps(figures, indent=1) + "\n")
+    print(json.dumps(figures, indent=1))
+    return figures
