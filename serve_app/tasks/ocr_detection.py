@@ -7,9 +7,10 @@ quadrilaterals in original-image pixels:
 1. binarise at ``thresh`` and dilate with a 2x2 kernel;
 2. for each contour take the minimum-area rectangle; drop it if its short side < 3;
 3. score it by the mean probability inside the rectangle; drop it below ``box_thresh``;
-4. "unclip": grow the rectangle outward by ``area * unclip_ratio / perimeter`` on every side
-   (PP-OCR offsets the polygon with round joins and takes the minimum-area rectangle of the
-   result again; for a rectangle that is the same rectangle, up to integer rounding);
+4. "unclip": offset the rectangle outward by ``area * unclip_ratio / perimeter`` with round
+   corners on whole pixels, as PP-OCR does with Clipper (``unclip``; no pyclipper needed), and
+   take the minimum-area rectangle of the result: the rectangle grown by that distance on
+   every side, up to the integer rounding that ``unclip`` reproduces;
 5. drop it if the grown short side < 5, map to original pixels, round, clip, and drop boxes
    whose sides are 3 pixels or less.
 
@@ -62,30 +63,37 @@ class TextBox:
         return float(x0), float(y0), float(x1), float(y1)
 
 
+def _round_to_32(size: float) -> int:
+    return max(32, round(int(size) / 32) * 32)
+
+
 def det_input_size(
     height: int, width: int, limit_side_len: int, limit_type: str, max_side_len: int | None = None
 ) -> tuple[int, int]:
     """PP-OCR's detector input size: scale, then round each side to a multiple of 32.
 
     ``limit_type="min"`` upscales until the short side reaches ``limit_side_len`` (never
-    downscales); ``"max"`` downscales until the long side fits. ``max_side_len`` then caps the
-    long side (as newer PaddleOCR does; rapidocr resizes to 2000 first, which is the same for
-    all but extreme aspect ratios).
+    downscales); ``"max"`` downscales until the long side fits. Before that, an image whose
+    long side exceeds ``max_side_len`` is first scaled down to it (and rounded to multiples of
+    32), as rapidocr does with its ``max_side_len``.
 
     >>> det_input_size(240, 640, 736, "min"), det_input_size(1000, 3000, 960, "max")
     ((736, 1952), (320, 960))
+    >>> det_input_size(260, 720, 736, "min", max_side_len=2000)
+    (736, 2048)
     """
     if limit_type not in LIMIT_TYPES:
         raise InvalidParameter(f"limit_type must be one of {LIMIT_TYPES}, got {limit_type!r}")
     if limit_side_len <= 0:
         raise InvalidParameter(f"limit_side_len must be positive, got {limit_side_len}")
+    if max_side_len is not None and max(height, width) > max_side_len:
+        pre = max_side_len / max(height, width)
+        height, width = _round_to_32(height * pre), _round_to_32(width * pre)
     if limit_type == "min":
         scale = limit_side_len / min(height, width) if min(height, width) < limit_side_len else 1.0
     else:
         scale = limit_side_len / max(height, width) if max(height, width) > limit_side_len else 1.0
-    if max_side_len is not None and max(height, width) * scale > max_side_len:
-        scale = max_side_len / max(height, width)
-    return (max(32, round(int(height * scale) / 32) * 32), max(32, round(int(width * scale) / 32) * 32))
+    return _round_to_32(height * scale), _round_to_32(width * scale)
 
 
 def det_preprocess(
@@ -126,15 +134,56 @@ def order_quad(points: np.ndarray) -> np.ndarray:
     return np.stack([left[0], right[0], right[1], left[1]]).astype(np.float32)
 
 
-def expand_rect(rect: tuple, unclip_ratio: float) -> tuple:
-    """Grow a ``cv2.minAreaRect`` rectangle by ``area * unclip_ratio / perimeter`` on each side.
+def _round_half_away(values: np.ndarray) -> np.ndarray:
+    return np.where(values < 0, np.ceil(values - 0.5), np.floor(values + 0.5))
 
-    >>> expand_rect(((10.0, 10.0), (20.0, 10.0), 0.0), 1.5)
-    ((10.0, 10.0), (30.0, 20.0), 0.0)
+
+def unclip(quad: np.ndarray, unclip_ratio: float, arc_tolerance: float = 0.25) -> np.ndarray:
+    """Grow a convex polygon by ``area * unclip_ratio / perimeter`` with round corners.
+
+    Works like Clipper's offset (``JT_ROUND``), which PP-OCR uses: vertices are truncated to
+    whole pixels, each edge moves outward along its normal, each corner becomes an arc of
+    points at most ``arc_tolerance`` pixels from the true circle, and the result's vertices
+    are rounded to whole pixels. Returns (K, 2) int32 vertices.
+
+    >>> unclip(np.float32([[0, 0], [20, 0], [20, 10], [0, 10]]), 1.5).min(axis=0).tolist()
+    [-5, -5]
     """
-    (cx, cy), (w, h), angle = rect
-    distance = w * h * unclip_ratio / (2.0 * (w + h)) if w + h > 0 else 0.0
-    return (cx, cy), (w + 2.0 * distance, h + 2.0 * distance), angle
+    q = np.asarray(quad, dtype=np.float64)
+    following = np.roll(q, -1, axis=0)
+    perimeter = float(np.linalg.norm(following - q, axis=1).sum())
+    area = abs(float(np.sum(q[:, 0] * following[:, 1] - following[:, 0] * q[:, 1]))) / 2
+    pts = np.trunc(q)
+    pts = pts[np.any(pts != np.roll(pts, -1, axis=0), axis=1)]
+    delta = area * unclip_ratio / perimeter if perimeter > 0 else 0.0
+    if delta <= 0 or len(pts) < 3:
+        return pts.astype(np.int32)
+    following = np.roll(pts, -1, axis=0)
+    if np.sum(pts[:, 0] * following[:, 1] - following[:, 0] * pts[:, 1]) < 0:
+        pts = pts[::-1]  # orient so that (dy, -dx) points outward
+    edges = np.roll(pts, -1, axis=0) - pts
+    normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1) / np.linalg.norm(edges, axis=1)[:, None]
+    tolerance = min(arc_tolerance, delta * 0.25)
+    steps_per_turn = min(math.pi / math.acos(1 - tolerance / delta), delta * math.pi)
+    step_sin, step_cos = math.sin(2 * math.pi / steps_per_turn), math.cos(2 * math.pi / steps_per_turn)
+    out: list[np.ndarray] = []
+    for j in range(len(pts)):
+        before, after = normals[j - 1], normals[j]
+        sin_a = before[0] * after[1] - after[0] * before[1]
+        cos_a = before[0] * after[0] + before[1] * after[1]
+        if abs(sin_a * delta) < 1.0 and cos_a > 0:  # nearly straight: one point is enough
+            out.append(pts[j] + before * delta)
+            continue
+        if sin_a * delta < 0:  # concave corner (not for rectangles)
+            out.extend((pts[j] + before * delta, pts[j], pts[j] + after * delta))
+            continue
+        steps = max(int(_round_half_away(np.float64(steps_per_turn / (2 * math.pi) * abs(math.atan2(sin_a, cos_a))))), 1)
+        x, y = before
+        for _ in range(steps):
+            out.append(pts[j] + np.array([x, y]) * delta)
+            x, y = x * step_cos - step_sin * y, x * step_sin + y * step_cos
+        out.append(pts[j] + after * delta)
+    return _round_half_away(np.array(out)).astype(np.int32)
 
 
 def mean_inside(prob: np.ndarray, quad: np.ndarray) -> float:
@@ -186,13 +235,14 @@ def db_postprocess(
         rect = cv2.minAreaRect(contour)
         if min(rect[1]) < MIN_BOX_SIDE:
             continue
-        score = mean_inside(prob, order_quad(cv2.boxPoints(rect)))
+        quad = order_quad(cv2.boxPoints(rect))
+        score = mean_inside(prob, quad)
         if score < box_thresh:
             continue
-        grown = expand_rect(rect, unclip_ratio)
+        grown = cv2.minAreaRect(unclip(quad, unclip_ratio))
         if min(grown[1]) < MIN_BOX_SIDE + 2:
             continue
-        quad = order_quad(cv2.boxPoints(grown))
+        quad = order_quad(cv2.boxPoints(grown)).astype(np.float64)
         quad[:, 0] = np.clip(np.round(quad[:, 0] / ratio_w), 0, width - 1)
         quad[:, 1] = np.clip(np.round(quad[:, 1] / ratio_h), 0, height - 1)
         quad = order_quad(quad)

@@ -1,0 +1,509 @@
+"""Turn client images (bytes, base64, ``.npy``, URLs, Roboflow image objects) into BGR arrays.
+
+Every decoder returns an ``HxWx3`` ``uint8`` array in OpenCV's BGR order, C-contiguous and
+writable, so the preprocessing that follows sees one kind of input. Limits (file size, decoded
+pixels, URL rules) come in one frozen :class:`ImageLimits`, built once from settings.
+
+Plain 8-bit JPEG and PNG take OpenCV's decoder, which is what Ultralytics uses
+(``cv2.imdecode(..., IMREAD_COLOR)``); other formats and modes go through Pillow. Either way the
+pixel count is read from the header and checked before any pixel is decoded, and EXIF
+orientation is applied by one function here, so both paths orient alike (and as OpenCV does).
+
+Client data is never unpickled: Roboflow's ``numpy`` and ``pil`` image types are refused.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from serve_app.errors import InvalidImage, PayloadTooLarge
+from serve_app.pipeline.image_urls import fetch_image_url
+
+__all__ = [
+    "ImageLimits",
+    "decode_base64_image",
+    "decode_image_bytes",
+    "decode_npy",
+    "fetch_image_url",
+    "load_image",
+    "load_image_bytes",
+]
+
+_MIB = 1024 * 1024
+
+# Formats Pillow may open. Restricting them keeps Pillow's riskier plugins (EPS runs
+# Ghostscript) away from client bytes. MPO is how Pillow names multi-picture phone JPEGs.
+_PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO")
+_SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF, GIF"
+_OPENCV_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
+_OPENCV_MODES = frozenset({"RGB", "L"})
+_OPENCV_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+_EXIF_ORIENTATION = 0x0112
+_INVERSE_ORIENTATION = {6: 8, 8: 6}  # the other orientations undo themselves
+
+# A JPEG marker that ends entropy-coded data: 0xFF then anything but 0x00 (byte stuffing),
+# 0xD0-0xD7 (restart markers) or 0xFF (fill).
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_MEDIA_TYPES = frozenset({"application/x-npy", "application/npy", "application/x-numpy"})
+_IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM",
+                 b"II*\x00", b"MM\x00*", b"RIFF")
+_BASE64_TEXT = re.compile(rb"\s*(?:data:[\w/+.;=-]{0,200},)?[A-Za-z0-9+/=_\-\s]*")
+_BASE64_WHITESPACE = b" \t\r\n\f\v"
+_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+
+_ACCEPTED_TYPES = ("base64", "url", "npy")
+_PICKLE_TYPES = frozenset({"numpy", "numpy_object", "pil"})
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Limits applied to every client image; build once from settings and pass down.
+
+    ``max_pixels`` bounds decoded width x height (decompression bombs). Pillow refuses anything
+    above twice its own ``Image.MAX_IMAGE_PIXELS`` (179 M pixels by default) whatever this says.
+    ``url_allowed_hosts`` holds host names (``images.example.com``) or wildcards
+    (``*.example.com``: subdomains only); empty means any public host. With
+    ``allow_private_urls`` False, hosts resolving to loopback, private, link-local, reserved or
+    multicast addresses are refused, on every redirect too.
+
+    >>> ImageLimits(max_pixels=1_000_000).max_file_bytes
+    20971520
+    >>> ImageLimits(url_allowed_hosts=["CDN.Example.com."]).url_allowed_hosts
+    ('cdn.example.com',)
+    """
+
+    max_file_bytes: int = 20 * _MIB
+    max_pixels: int = 40_000_000
+    url_timeout_s: float = 10.0
+    url_max_bytes: int = 20 * _MIB
+    url_allowed_hosts: tuple[str, ...] = ()
+    allow_private_urls: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_bytes", "max_pixels", "url_max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ImageLimits.{name} must be a positive integer; got {value!r}")
+        if not self.url_timeout_s > 0:
+            raise ValueError(f"ImageLimits.url_timeout_s must be > 0; got {self.url_timeout_s!r}")
+        if isinstance(self.url_allowed_hosts, str):
+            raise ValueError("ImageLimits.url_allowed_hosts must be a sequence of host names")
+        hosts = tuple(_normalise_host_pattern(h) for h in self.url_allowed_hosts)
+        object.__setattr__(self, "url_allowed_hosts", hosts)
+
+
+def _normalise_host_pattern(pattern: str) -> str:
+    host = str(pattern).strip().rstrip(".").lower()
+    bare = host[2:] if host.startswith("*.") else host
+    if not bare or any(c in bare for c in "*/:@ ") or "://" in host:
+        raise ValueError(
+            f"url_allowed_hosts entry {pattern!r} must be a host name such as "
+            "'images.example.com' or '*.example.com' (no scheme, port or path)"
+        )
+    return host
+
+
+def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = True) -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, WebP, BMP, TIFF, GIF first frame) to HxWx3 BGR uint8.
+
+    Greyscale becomes 3 channels, 16-bit samples keep their high byte (``>> 8``), alpha is
+    dropped (not composited, as OpenCV's ``IMREAD_COLOR``), palette and CMYK become RGB. With
+    ``auto_orient`` the EXIF orientation (1-8) is applied, matching ``cv2.imdecode(data,
+    cv2.IMREAD_COLOR)``. Raises PayloadTooLarge past ``max_file_bytes`` or ``max_pixels``
+    (checked on the header, before decoding) and InvalidImage for empty, unknown, corrupt or
+    truncated data.
+
+    >>> ok, png = cv2.imencode(".png", np.zeros((2, 3), np.uint8))
+    >>> decode_image_bytes(png.tobytes(), ImageLimits()).shape
+    (2, 3, 3)
+    """
+    size = len(data)
+    if size == 0:
+        raise InvalidImage("image is empty (0 bytes)")
+    if size > limits.max_file_bytes:
+        raise PayloadTooLarge(
+            f"image file is {size:,} bytes; the limit is {limits.max_file_bytes:,} bytes"
+        )
+    with warnings.catch_warnings():
+        # Pillow warns on large images (we check pixels ourselves) and on odd metadata;
+        # none of that may reach logs or, under pytest, turn into errors.
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS) as image:
+                _check_pixels(image.size, limits)
+                stored = _exif_orientation(image)
+                applied = 1  # the orientation the decoder already applied
+                if image.format in _OPENCV_FORMATS and image.mode in _OPENCV_MODES:
+                    bgr = _decode_with_opencv(data, image.format)
+                else:
+                    bgr = _pillow_to_bgr(image)
+                    if _pillow_oriented(image, stored):
+                        applied = stored
+        except Image.DecompressionBombError:
+            raise PayloadTooLarge(
+                f"image is too large to decode: its header declares more than "
+                f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels; the limit is "
+                f"{limits.max_pixels:,}"
+            ) from None
+        except Image.UnidentifiedImageError:
+            raise InvalidImage(
+                f"image data is not a recognised image format (supported: {_SUPPORTED})"
+            ) from None
+        except (InvalidImage, PayloadTooLarge):
+            raise
+        except Exception as exc:  # Pillow raises many types on malformed input
+            raise InvalidImage(f"image data is corrupt or truncated ({_reason(exc)})") from None
+    wanted = stored if auto_orient else 1
+    if applied != wanted:
+        bgr = _apply_orientation(_apply_orientation(bgr, _INVERSE_ORIENTATION.get(applied, applied)), wanted)
+    return _contiguous(bgr)
+
+
+def _check_pixels(size: tuple[int, int], limits: ImageLimits) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"image header declares an empty size {width}x{height}")
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(
+            f"image is {width}x{height} = {width * height:,} pixels; "
+            f"the limit is {limits.max_pixels:,} pixels"
+        )
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag read from the header (1 when absent or invalid).
+
+    Only EXIF is read, as OpenCV does (Pillow's ``getexif`` would also consult XMP and, for PNG,
+    decode the whole image to look for a trailing eXIf chunk).
+    """
+    try:
+        if image.format == "TIFF":
+            value = image.tag_v2.get(_EXIF_ORIENTATION, 1)  # type: ignore[attr-defined]
+        else:
+            raw = image.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            value = exif.get(_EXIF_ORIENTATION, 1)
+    except Exception:  # corrupt EXIF never makes an image unreadable
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _pillow_oriented(image: Image.Image, stored: int) -> bool:
+    """Whether Pillow applied the orientation while loading: its TIFF plugin does, and then
+    removes the tag."""
+    tags = getattr(image, "tag_v2", None)
+    return stored != 1 and image.format == "TIFF" and tags is not None and _EXIF_ORIENTATION not in tags
+
+
+def _decode_with_opencv(data: bytes, image_format: str | None) -> np.ndarray:
+    if image_format in ("JPEG", "MPO") and not _jpeg_is_complete(data):
+        raise InvalidImage("JPEG image is truncated: its data ends before the end-of-image marker")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _OPENCV_FLAGS)
+    if bgr is None:
+        raise InvalidImage(f"{image_format} image data is corrupt or truncated")
+    return bgr
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """Whether the first JPEG in ``data`` reaches its end-of-image marker.
+
+    Walks the segments (lengths) and skips entropy-coded data by searching for the next real
+    marker, so trailers after the image (phone motion-photo videos, thumbnails) are ignored.
+    OpenCV 4 decodes truncated JPEGs into grey-filled images without an error; this catches it.
+
+    >>> _jpeg_is_complete(b"\\xff\\xd8\\xff\\xda\\x00\\x02\\x12\\x34\\xff\\xd9")
+    True
+    >>> _jpeg_is_complete(b"\\xff\\xd8\\xff\\xda\\x00\\x02\\x12\\x34")
+    False
+    """
+    size, pos = len(data), 2
+    while pos + 1 < size:
+        marker = data[pos + 1]
+        if data[pos] != 0xFF or marker == 0x00:  # junk between segments: libjpeg skips it too
+            found = _JPEG_MARKER.search(data, pos + 1)
+            if found is None:
+                return False
+            pos = found.start()
+            continue
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > size:
+            return False
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next marker
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                return False
+            pos = found.start()
+    return False
+
+
+def _pillow_to_bgr(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode == "I" or mode.startswith("I;16"):  # 16-bit samples (32-bit "I" clipped)
+        gray = np.clip(np.asarray(image).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    if mode == "F":
+        gray = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    if mode in ("L", "LA"):
+        gray = np.asarray(image)
+        gray = np.ascontiguousarray(gray[..., 0] if gray.ndim == 3 else gray)
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    if mode not in ("RGB", "RGBA", "RGBX"):
+        try:  # P, PA, 1, CMYK, YCbCr, RGBa, La ...
+            image = image.convert("RGB")
+        except ValueError:
+            raise InvalidImage(f"image colour mode {mode!r} is not supported") from None
+    rgb = np.asarray(image)
+    return rgb[..., 2::-1]  # RGB(A/X) -> BGR, alpha dropped
+
+
+def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn a stored image into the one a viewer shows for EXIF ``orientation`` (1-8).
+
+    >>> a = np.arange(6).reshape(2, 3)
+    >>> _apply_orientation(a, 6).tolist()  # 6: rotate 90 degrees clockwise
+    [[3, 0], [4, 1], [5, 2]]
+    """
+    if orientation == 2:
+        return image[:, ::-1]
+    if orientation == 3:
+        return image[::-1, ::-1]
+    if orientation == 4:
+        return image[::-1]
+    if orientation == 5:
+        return image.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(image, k=-1)
+    if orientation == 7:
+        return image[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(image, k=1)
+    return image
+
+
+def _contiguous(image: np.ndarray) -> np.ndarray:
+    if image.flags.c_contiguous and image.flags.writeable:
+        return image
+    return np.array(image, order="C")
+
+
+def decode_base64_image(value: str, limits: ImageLimits, *, auto_orient: bool = True) -> np.ndarray:
+    """Decode a base64 image: standard or URL-safe alphabet, padded or not, whitespace ignored,
+    with or without a ``data:image/...;base64,`` prefix.
+
+    >>> ok, png = cv2.imencode(".png", np.zeros((2, 3, 3), np.uint8))
+    >>> text = "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()
+    >>> decode_base64_image(text, ImageLimits()).shape
+    (2, 3, 3)
+    """
+    data = _decode_base64(value, limits.max_file_bytes, "image")
+    return decode_image_bytes(data, limits, auto_orient=auto_orient)
+
+
+def _decode_base64(value: str | bytes, max_bytes: int, what: str) -> bytes:
+    if isinstance(value, str):
+        if len(value) > 2 * _encoded_length(max_bytes) + 1024:  # before copying anything
+            raise _base64_too_large(what, len(value) * 3 // 4, max_bytes)
+        try:
+            raw = value.encode("ascii")
+        except UnicodeEncodeError:
+            raise InvalidImage(f"{what} is not valid base64: it contains non-ASCII characters") from None
+    else:
+        raw = bytes(value)
+    raw = raw.strip()
+    if raw[:5].lower() == b"data:":
+        comma = raw.find(b",")
+        if comma < 0 or not raw[:comma].lower().endswith(b";base64"):
+            raise InvalidImage(
+                f"{what} data URL must be base64-encoded: 'data:<type>;base64,<data>'"
+            )
+        raw = raw[comma + 1:]
+    raw = raw.translate(_URLSAFE_TO_STANDARD, _BASE64_WHITESPACE)
+    if not raw:
+        raise InvalidImage(f"{what} is empty (no base64 data)")
+    decoded_size = len(raw) * 3 // 4 - min(2, len(raw) - len(raw.rstrip(b"=")))
+    if decoded_size > max_bytes:
+        raise _base64_too_large(what, decoded_size, max_bytes)
+    raw += b"=" * (-len(raw) % 4)
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImage(f"{what} is not valid base64 ({exc})") from None
+
+
+def _encoded_length(size: int) -> int:
+    return (size + 2) // 3 * 4
+
+
+def _base64_too_large(what: str, decoded_size: int, max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"base64 {what} decodes to about {decoded_size:,} bytes; the limit is {max_bytes:,} bytes"
+    )
+
+
+def decode_npy(data: bytes, limits: ImageLimits) -> np.ndarray:
+    """Load ``.npy`` bytes (never pickles) holding a uint8 HxW, HxWx1, HxWx3 (BGR) or HxWx4
+    array (alpha dropped) and return HxWx3 BGR uint8. Other dtypes are refused, not rescaled.
+
+    >>> buffer = io.BytesIO()
+    >>> np.save(buffer, np.zeros((2, 3), np.uint8))
+    >>> decode_npy(buffer.getvalue(), ImageLimits()).shape
+    (2, 3, 3)
+    """
+    size = len(data)
+    if size == 0:
+        raise InvalidImage("npy image is empty (0 bytes)")
+    if size > limits.max_file_bytes:
+        raise PayloadTooLarge(
+            f"npy image is {size:,} bytes; the limit is {limits.max_file_bytes:,} bytes"
+        )
+    if data[:1] == b"\x80":
+        raise InvalidImage(
+            "npy image is pickled data; pickled data is never accepted: send an array saved "
+            "with numpy.save(..., allow_pickle=False)"
+        )
+    if not data.startswith(_NPY_MAGIC):
+        kind = "a .npz archive" if data[:2] == b"PK" else "not a .npy file"
+        raise InvalidImage(f"npy image is {kind}: send one array saved with numpy.save")
+    shape, dtype = _npy_header(data)
+    if dtype.hasobject:
+        raise InvalidImage(
+            "npy image holds Python objects, which are stored as a pickle; pickled data is "
+            "never accepted: send a uint8 array"
+        )
+    if dtype != np.uint8:
+        raise InvalidImage(f"npy image must have dtype uint8; got {dtype}")
+    if not (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))):
+        raise InvalidImage(
+            f"npy image must have shape HxW, HxWx1, HxWx3 or HxWx4; got {tuple(shape)}"
+        )
+    _check_pixels((shape[1], shape[0]), limits)
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:
+        raise InvalidImage(f"npy image is corrupt or truncated ({_reason(exc)})") from None
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        return cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_GRAY2BGR)
+    return _contiguous(array[..., :3])
+
+
+def _npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise InvalidImage(f"npy image uses format version {version}; send version 1.0 or 2.0")
+    except InvalidImage:
+        raise
+    except Exception as exc:
+        raise InvalidImage(f"npy image header is corrupt ({_reason(exc)})") from None
+    return shape, dtype
+
+
+def load_image(
+    spec: str | Mapping[str, Any], limits: ImageLimits, *, auto_orient: bool = True
+) -> np.ndarray:
+    """Load a Roboflow Inference request image: ``{"type": "base64"|"url"|"npy", "value": ...}``.
+
+    A plain string is a URL when it starts with ``http://`` or ``https://``, else base64.
+    ``npy`` is base64 of ``.npy`` bytes. Roboflow's ``numpy`` and ``pil`` types are pickles and
+    are refused, as is ``file`` (a path on the server).
+
+    >>> ok, png = cv2.imencode(".png", np.zeros((2, 3, 3), np.uint8))
+    >>> spec = {"type": "base64", "value": base64.b64encode(png.tobytes()).decode()}
+    >>> load_image(spec, ImageLimits()).shape
+    (2, 3, 3)
+    """
+    if isinstance(spec, str):
+        kind, value = ("url" if _is_http_url(spec) else "base64"), spec
+    elif isinstance(spec, Mapping):
+        kind, value = spec.get("type"), spec.get("value")
+        if not isinstance(kind, str) or not kind:
+            raise InvalidImage(f"image object needs a 'type': one of {', '.join(_ACCEPTED_TYPES)}")
+        kind = kind.strip().lower()
+    else:
+        raise InvalidImage("image must be an object {type, value} or a string (base64 or URL)")
+    if kind in _PICKLE_TYPES:
+        raise InvalidImage(
+            f"image type {kind!r} is a pickle and is never accepted; send base64, url or npy"
+        )
+    if kind == "file":
+        raise InvalidImage("image type 'file' names a path on the server and is never accepted; "
+                           "send base64, url or npy")
+    if kind not in _ACCEPTED_TYPES:
+        raise InvalidImage(
+            f"image type {str(kind)[:40]!r} is not supported; use one of {', '.join(_ACCEPTED_TYPES)}"
+        )
+    if value is None or value == "":
+        raise InvalidImage(f"image of type {kind!r} has no 'value'")
+    if not isinstance(value, str):
+        raise InvalidImage(f"image 'value' must be a string for type {kind!r}; "
+                           f"got {type(value).__name__}")
+    if kind == "url":
+        data = fetch_image_url(value.strip(), limits)
+        return decode_image_bytes(data, limits, auto_orient=auto_orient)
+    if kind == "npy":
+        return decode_npy(_decode_base64(value, limits.max_file_bytes, "npy image"), limits)
+    return decode_base64_image(value, limits, auto_orient=auto_orient)
+
+
+def _is_http_url(value: str) -> bool:
+    return value.lstrip()[:8].lower().startswith(("http://", "https://"))
+
+
+def load_image_bytes(
+    data: bytes, content_type: str | None, limits: ImageLimits, *, auto_orient: bool = True
+) -> np.ndarray:
+    """Load a raw request body: ``.npy`` (by content type or magic), an encoded image, or
+    base64 text (as Roboflow clients send on the legacy route), told apart by content.
+
+    >>> ok, png = cv2.imencode(".png", np.zeros((2, 3, 3), np.uint8))
+    >>> load_image_bytes(base64.b64encode(png.tobytes()), "text/plain", ImageLimits()).shape
+    (2, 3, 3)
+    """
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type in _NPY_MEDIA_TYPES or data.startswith(_NPY_MAGIC):
+        return decode_npy(data, limits)
+    if data and not data.startswith(_IMAGE_MAGICS) and _looks_like_base64(data):
+        decoded = _decode_base64(data, limits.max_file_bytes, "image")
+        return decode_image_bytes(decoded, limits, auto_orient=auto_orient)
+    return decode_image_bytes(data, limits, auto_orient=auto_orient)
+
+
+def _looks_like_base64(data: bytes) -> bool:
+    """Whether the first KiB is base64 text (binary images have non-ASCII bytes early on)."""
+    return _BASE64_TEXT.fullmatch(data[:1024]) is not None

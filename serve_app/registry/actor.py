@@ -1,0 +1,94 @@
+"""The ``ModelRegistry`` Ray actor: a named, detached, restartable wrapper around :class:`ModelCatalog`.
+
+It also keeps what the replicas report (which models each holds, in LRU order), so that
+``GET /model/registry`` can say where each model is loaded.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from serve_app.artifacts.sources import fetch_to_file
+from serve_app.errors import ManifestError
+from serve_app.registry.catalog import ModelCatalog
+from serve_app.registry.manifest import FileSpec, Manifest, manifest_from_ultralytics_metadata, validate_model_id
+from serve_app.settings import Settings
+
+ACTOR_NAME = "serve_app_registry"
+log = logging.getLogger(__name__)
+
+
+class ModelRegistryActor:
+    def __init__(self, settings_args: dict) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._settings = Settings(**settings_args)
+        self._catalog = ModelCatalog(list(self._settings.repositories), self._settings.aliases,
+                                     Path(self._settings.state_dir) / "registry.json")
+        self._replicas: dict[str, dict] = {}
+
+    def resolve(self, id_or_alias: str) -> dict:
+        return self._catalog.resolve(id_or_alias).to_dict()
+
+    def list_models(self) -> list[dict]:
+        return [m.to_dict() for m in self._catalog.list()]
+
+    def aliases(self) -> dict[str, str]:
+        return self._catalog.aliases()
+
+    async def add(self, request: dict) -> dict:
+        """Add a full manifest (``{"manifest": {...}}``) or just weights (``{"model_id", "weights_uri"}``)."""
+        if "manifest" in request:
+            manifest = Manifest.from_dict(request["manifest"])
+        else:
+            model_id = validate_model_id(request.get("model_id"))
+            uri = request.get("weights_uri")
+            if not isinstance(uri, str) or not uri:
+                raise ManifestError("add needs 'manifest' or 'weights_uri' (an Ultralytics-exported ONNX file)")
+            manifest = await asyncio.to_thread(self._manifest_from_weights, model_id, uri)
+        return self._catalog.add(manifest, replace=bool(request.get("replace", False))).to_dict()
+
+    def _manifest_from_weights(self, model_id: str, uri: str) -> Manifest:
+        import onnxruntime as ort
+
+        with tempfile.TemporaryFile() as f:
+            size = fetch_to_file(uri, f, self._settings.source_options)
+            f.seek(0)
+            data = f.read()
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            meta = dict(ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map)
+        except Exception as exc:
+            raise ManifestError(f"the weights at the given URI are not a loadable ONNX model: {str(exc)[:200]}") from None
+        return manifest_from_ultralytics_metadata(model_id, meta, FileSpec(sha256=sha, size=size, uri=uri))
+
+    def remove(self, model_id: str) -> None:
+        self._catalog.remove(model_id)
+
+    def set_alias(self, alias: str, target: str) -> None:
+        self._catalog.set_alias(alias, target)
+
+    def report_replica(self, replica_id: str, state: dict) -> None:
+        self._replicas[replica_id] = {**state, "reported_at": time.time()}
+
+    def forget_replica(self, replica_id: str) -> None:
+        self._replicas.pop(replica_id, None)
+
+    def replicas(self) -> dict[str, dict]:
+        return dict(self._replicas)
+
+    def ping(self) -> bool:
+        return True
+
+
+def registry_handle(settings: Settings) -> Any:
+    return ray.remote(ModelRegistryActor).options(
+        name=ACTOR_NAME, namespace=settings.namespace, lifetime="detached", get_if_exists=True,
+        max_restarts=-1, max_task_retries=-1, num_cpus=0, max_concurrency=32,
+    ).remote(settings.to_args())

@@ -1,0 +1,101 @@
+"""The one typed settings object, built once from the application's arguments in serve_config.yaml.
+
+No module reads the environment on its own; the few environment variables honoured are read
+here (``SERVE_APP_STATE_DIR``, ``SERVE_APP_CACHE_DIR``, ``SERVE_APP_S3_ENDPOINT``), so tests and
+deployments can point the state at a scratch folder without editing the YAML.
+
+>>> s = Settings.from_args({"max_models_per_replica": 4})
+>>> s.max_models_per_replica, s.repositories[0].endswith("configs/models")
+(4, True)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from serve_app.artifacts.sources import SourceOptions
+from serve_app.errors import ManifestError
+from serve_app.pipeline.images import ImageLimits
+from serve_app.pipeline.session import SessionOptions
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    repositories: tuple[str, ...] = (str(PROJECT_ROOT / "configs" / "models"),)
+    aliases: dict[str, str] = field(default_factory=lambda: {"shapes": "shapes-det/1"})
+    pinned: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()
+    state_dir: str = str(Path.home() / ".cache" / "serve_app" / "state")
+    cache_dir: str = str(Path.home() / ".cache" / "serve_app" / "artifacts")
+    disk_cache_max_bytes: int = 10 * 2**30
+    object_store_cache_bytes: int = 2 * 2**30
+    max_models_per_replica: int = 8
+    load_timeout_s: float = 60.0
+    request_timeout_s: float = 30.0
+    providers: tuple[Any, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.002
+    max_body_bytes: int = 30 * 2**20
+    image_max_file_bytes: int = 20 * 2**20
+    image_max_pixels: int = 40_000_000
+    url_timeout_s: float = 10.0
+    url_allowed_hosts: tuple[str, ...] = ()
+    allow_private_urls: bool = False
+    source_retries: int = 3
+    source_backoff_s: float = 0.2
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    api_key: str | None = None
+    namespace: str = "serve_app"
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None = None) -> "Settings":
+        args = dict(args or {})
+        env = {"state_dir": "SERVE_APP_STATE_DIR", "cache_dir": "SERVE_APP_CACHE_DIR", "s3_endpoint": "SERVE_APP_S3_ENDPOINT"}
+        for key, var in env.items():
+            if os.environ.get(var) and key not in args:
+                args[key] = os.environ[var]
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(args) - set(known))
+        if unknown:
+            raise ManifestError(f"unknown application arguments {unknown}; known: {sorted(known)}")
+        for key in ("repositories", "pinned", "preload", "providers", "url_allowed_hosts"):
+            if key in args and args[key] is not None:
+                value = args[key]
+                args[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        for key in ("state_dir", "cache_dir"):
+            if key in args and not os.path.isabs(args[key]):
+                args[key] = str((PROJECT_ROOT / args[key]).resolve())
+        if "repositories" in args:
+            args["repositories"] = tuple(str((PROJECT_ROOT / r).resolve()) if not os.path.isabs(r) else r
+                                         for r in args["repositories"])
+        if "providers" in args:
+            args["providers"] = tuple(p if isinstance(p, str) else (p[0], dict(p[1])) if isinstance(p, (list, tuple))
+                                      else (p["name"], dict(p.get("options", {}))) for p in args["providers"])
+        return cls(**args)
+
+    def to_args(self) -> dict[str, Any]:
+        """Plain data (lists, dicts) to hand to Ray actors and deployments."""
+        return asdict(self)
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_file_bytes=self.image_max_file_bytes, max_pixels=self.image_max_pixels,
+                           url_timeout_s=self.url_timeout_s, url_allowed_hosts=self.url_allowed_hosts,
+                           allow_private_urls=self.allow_private_urls)
+
+    @property
+    def session_options(self) -> SessionOptions:
+        return SessionOptions(providers=self.providers, intra_op_threads=self.intra_op_threads,
+                              inter_op_threads=self.inter_op_threads)
+
+    @property
+    def source_options(self) -> SourceOptions:
+        return SourceOptions(retries=self.source_retries, backoff_s=self.source_backoff_s,
+                             s3_endpoint_override=self.s3_endpoint, s3_region=self.s3_region)

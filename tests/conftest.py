@@ -1,0 +1,96 @@
+"""Shared fixtures: a real local Ray instance with Serve on a free port, and app deployment."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """One local Ray instance for the session (2 CPUs), Serve's proxy on a free port."""
+    import ray
+    from ray import serve
+
+    tmp = Path(tempfile.mkdtemp(prefix="r", dir=ROOT / ".cache" if (ROOT / ".cache").is_dir() else None))
+    os.environ["RAY_TMPDIR"] = str(tmp)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False,
+             configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class DeployedApp:
+    """A deployed application with its own namespace (so its registry/cache actors are its own)."""
+
+    def __init__(self, base_url: str, settings_args: dict, name: str) -> None:
+        self.url = base_url
+        self.args = settings_args
+        self.name = name
+        self.namespace = settings_args["namespace"]
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.url + path, timeout=kw.pop("timeout", 60), **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return requests.post(self.url + path, timeout=kw.pop("timeout", 60), **kw)
+
+    def actor(self, name: str):
+        import ray
+
+        return ray.get_actor(name, namespace=self.namespace)
+
+
+def deploy_app(base_url: str, tmp_path: Path, args: dict | None = None, *, replicas: int = 1,
+               model_server_cpus: float = 0.5) -> DeployedApp:
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    settings_args = {"state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
+                     "providers": ["CPUExecutionProvider"], "intra_op_threads": 1,
+                     "namespace": f"t{uuid.uuid4().hex[:8]}", "allow_private_urls": True, **(args or {})}
+    app = build_app(settings_args, model_server_options={"num_replicas": replicas,
+                                                         "ray_actor_options": {"num_cpus": model_server_cpus},
+                                                         "health_check_period_s": 1},
+                    gateway_options={"ray_actor_options": {"num_cpus": 0.1}})
+    serve.run(app, name="vision", route_prefix="/", blocking=False)
+    deployed = DeployedApp(base_url, settings_args, "vision")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if deployed.get("/readiness", timeout=5).status_code == 200:
+                return deployed
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the application did not become ready in 120 s")
+
+
+def teardown_app(app: DeployedApp) -> None:
+    import ray
+    from ray import serve
+
+    serve.delete(app.name)
+    for name in ("serve_app_registry", "serve_app_artifact_cache"):
+        try:
+            ray.kill(ray.get_actor(name, namespace=app.namespace), no_restart=True)
+        except ValueError:
+            pass
