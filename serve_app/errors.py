@@ -98,6 +98,12 @@ class ArtifactError(ModelLoadError):
     code = "artifact_unavailable"
 
 
+class ArtifactCorrupt(ArtifactError):
+    """503: fetched bytes do not match the manifest's sha256 or size (fetched again once)."""
+
+    code = "artifact_corrupt"
+
+
 class InsufficientMemory(ServeAppError):
     """507: the model does not fit the replica's memory budget even alone."""
 

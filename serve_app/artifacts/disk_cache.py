@@ -27,7 +27,7 @@ from typing import BinaryIO, Literal
 
 import filelock
 
-from serve_app.errors import ArtifactError
+from serve_app.errors import ArtifactCorrupt, ArtifactError
 
 logger = logging.getLogger(__name__)
 
@@ -219,12 +219,12 @@ class DiskCache:
                 os.fsync(tmp.fileno())
             got_size = tmp_path.stat().st_size
             if size is not None and got_size != size:
-                raise ArtifactError(
+                raise ArtifactCorrupt(
                     f"artifact {digest[:12]} has {got_size} bytes, expected {size}"
                 )
             got = _sha256_file(tmp_path)
             if got != digest:
-                raise ArtifactError(
+                raise ArtifactCorrupt(
                     f"artifact checksum mismatch: expected sha256 {digest[:12]}…, "
                     f"got {got[:12]}… ({got_size} bytes)"
                 )

@@ -19,7 +19,7 @@ import numpy as np
 
 from serve_app.artifacts.disk_cache import DiskCache
 from serve_app.artifacts.sources import SourceOptions, fetch_to_file, redact_uri
-from serve_app.errors import ArtifactError
+from serve_app.errors import ArtifactCorrupt, ArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,13 @@ class ArtifactStore:
 
     def _fetch_and_put(self, spec: dict) -> tuple[Any, str]:
         uri, sha, size = spec["uri"], spec["sha256"], spec.get("size")
-        cached = self._disk.get_or_fetch(sha, size, lambda f: fetch_to_file(uri, f, self._options, expected_size=size))
+        fetch = lambda f: fetch_to_file(uri, f, self._options, expected_size=size)  # noqa: E731
+        try:
+            cached = self._disk.get_or_fetch(sha, size, fetch)
+        except ArtifactCorrupt as exc:  # a bad transfer or a bad mirror: one more try, then give up
+            log.warning("artifact %s from %s failed verification (%s); fetching again", sha[:12], redact_uri(uri),
+                        exc.message)
+            cached = self._disk.get_or_fetch(sha, size, fetch)
         blob = np.fromfile(cached.path, dtype=np.uint8)
         if size is not None and blob.size != size:
             raise ArtifactError(f"artifact {sha[:12]} changed on disk while being read; retry")

@@ -17,8 +17,10 @@ import base64
 import binascii
 import io
 import re
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,13 +44,14 @@ __all__ = [
 _MIB = 1024 * 1024
 
 # Formats Pillow may open. Restricting them keeps Pillow's riskier plugins (EPS runs
-# Ghostscript) away from client bytes. MPO is how Pillow names multi-picture phone JPEGs.
-_PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO")
+# Ghostscript) away from client bytes. Its JPEG opener returns "MPO" for multi-picture JPEGs.
+_PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF, GIF"
 _OPENCV_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
 _OPENCV_MODES = frozenset({"RGB", "L"})
 _OPENCV_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _EXIF_ORIENTATION = 0x0112
+_PILLOW_WARNINGS_LOCK = threading.Lock()
 _INVERSE_ORIENTATION = {6: 8, 8: 6}  # the other orientations undo themselves
 
 # A JPEG marker that ends entropy-coded data: 0xFF then anything but 0x00 (byte stuffing),
@@ -57,8 +60,10 @@ _JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_MEDIA_TYPES = frozenset({"application/x-npy", "application/npy", "application/x-numpy"})
-_IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM",
-                 b"II*\x00", b"MM\x00*", b"RIFF")
+_FORMAT_MAGICS = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
+                  (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+                  (b"RIFF", "WebP"))
+_IMAGE_MAGICS = tuple(magic for magic, _ in _FORMAT_MAGICS)
 _BASE64_TEXT = re.compile(rb"\s*(?:data:[\w/+.;=-]{0,200},)?[A-Za-z0-9+/=_\-\s]*")
 _BASE64_WHITESPACE = b" \t\r\n\f\v"
 _URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
@@ -136,39 +141,56 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = 
         raise PayloadTooLarge(
             f"image file is {size:,} bytes; the limit is {limits.max_file_bytes:,} bytes"
         )
-    with warnings.catch_warnings():
-        # Pillow warns on large images (we check pixels ourselves) and on odd metadata;
-        # none of that may reach logs or, under pytest, turn into errors.
-        warnings.simplefilter("ignore")
-        try:
-            with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS) as image:
-                _check_pixels(image.size, limits)
-                stored = _exif_orientation(image)
-                applied = 1  # the orientation the decoder already applied
-                if image.format in _OPENCV_FORMATS and image.mode in _OPENCV_MODES:
-                    bgr = _decode_with_opencv(data, image.format)
-                else:
-                    bgr = _pillow_to_bgr(image)
-                    if _pillow_oriented(image, stored):
-                        applied = stored
-        except Image.DecompressionBombError:
-            raise PayloadTooLarge(
-                f"image is too large to decode: its header declares more than "
-                f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels; the limit is "
-                f"{limits.max_pixels:,}"
-            ) from None
-        except Image.UnidentifiedImageError:
-            raise InvalidImage(
-                f"image data is not a recognised image format (supported: {_SUPPORTED})"
-            ) from None
-        except (InvalidImage, PayloadTooLarge):
-            raise
-        except Exception as exc:  # Pillow raises many types on malformed input
-            raise InvalidImage(f"image data is corrupt or truncated ({_reason(exc)})") from None
+    try:
+        with _quiet_pillow():  # header only: size, mode, orientation
+            image = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
+            with_opencv = image.format in _OPENCV_FORMATS and image.mode in _OPENCV_MODES
+            if image.format == "TIFF" and image.size[0] * image.size[1] <= limits.max_pixels:
+                image.load()  # Pillow's TIFF loader reads (and warns on) tags while loading
+        with image:
+            _check_pixels(image.size, limits)
+            stored = _exif_orientation(image)
+            applied = 1  # the orientation the decoder already applied
+            if with_opencv:
+                bgr = _decode_with_opencv(data, image.format)
+            else:
+                bgr = _pillow_to_bgr(image)
+                if _pillow_oriented(image, stored):
+                    applied = stored
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(
+            f"image is too large to decode: its header declares more than "
+            f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels; the limit is {limits.max_pixels:,}"
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise _unidentified(data) from None
+    except (InvalidImage, PayloadTooLarge):
+        raise
+    except Exception as exc:  # Pillow raises many types on malformed input
+        raise InvalidImage(f"image data is corrupt or truncated ({_reason(exc)})") from None
     wanted = stored if auto_orient else 1
     if applied != wanted:
         bgr = _apply_orientation(_apply_orientation(bgr, _INVERSE_ORIENTATION.get(applied, applied)), wanted)
     return _contiguous(bgr)
+
+
+@contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    """Silence Pillow's warnings (large images: we check pixels ourselves; odd metadata).
+
+    ``warnings.catch_warnings`` swaps process-wide state, and threads interleaving it can leave
+    every warning silenced for good, so these sections are serialised: keep them short.
+    """
+    with _PILLOW_WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _unidentified(data: bytes) -> InvalidImage:
+    for magic, name in _FORMAT_MAGICS:
+        if data.startswith(magic) and (name != "WebP" or data[8:12] == b"WEBP"):
+            return InvalidImage(f"image data starts like a {name} file but its header is corrupt")
+    return InvalidImage(f"image data is not a recognised image format (supported: {_SUPPORTED})")
 
 
 def _check_pixels(size: tuple[int, int], limits: ImageLimits) -> None:
@@ -277,6 +299,7 @@ def _pillow_to_bgr(image: Image.Image) -> np.ndarray:
         gray = np.ascontiguousarray(gray[..., 0] if gray.ndim == 3 else gray)
         return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     if mode not in ("RGB", "RGBA", "RGBX"):
+        image.info.pop("transparency", None)  # alpha is dropped anyway; Pillow warns on it
         try:  # P, PA, 1, CMYK, YCbCr, RGBa, La ...
             image = image.convert("RGB")
         except ValueError:

@@ -43,6 +43,7 @@ class ModelServerCore:
             self.replica_id = f"local-{os.getpid()}"
         self.loaded: dict[str, LoadedModel] = {}
         self.evictions: list[str] = []
+        self.load_log: list[dict] = []
         self.loader = ModelLoader(self._resolve, self._fetch, self.settings.session_options,
                                   self.settings.load_timeout_s, on_close=self._on_close)
         # one inference at a time per replica: ONNX Runtime already uses every core it is given
@@ -65,6 +66,7 @@ class ModelServerCore:
     async def load(self, model_id: str) -> LoadedModel:
         loaded = await self.loader.load(model_id)
         self.loaded[model_id] = loaded
+        self.load_log.append({"model_id": model_id, "tier": loaded.tier, "seconds": round(loaded.load_seconds, 4)})
         self._report()
         return loaded
 
@@ -79,7 +81,7 @@ class ModelServerCore:
         state = {"models": {m: {"loaded_at": lm.loaded_at, "last_used": lm.last_used, "tier": lm.tier,
                                 "load_seconds": lm.load_seconds, "requests": lm.requests}
                             for m, lm in self.loaded.items()},
-                 "evictions": self.evictions[-100:], "pid": os.getpid()}
+                 "evictions": self.evictions[-100:], "loads": self.load_log[-100:], "pid": os.getpid()}
         self.registry.report_replica.remote(self.replica_id, state)
 
     def decode_images(self, request: dict) -> list[np.ndarray]:
