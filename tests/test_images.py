@@ -8,6 +8,7 @@ import socket
 import struct
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -181,6 +182,36 @@ def test_palette_image_becomes_rgb() -> None:
     np.testing.assert_array_equal(decode_image_bytes(buffer.getvalue(), LIMITS), pattern_bgr())
 
 
+def test_palette_with_per_entry_alpha_and_corrupt_exif_do_not_warn() -> None:
+    palette_image = Image.fromarray(pattern_bgr()[..., ::-1]).quantize(colors=4)
+    buffer = io.BytesIO()
+    palette_image.save(buffer, "PNG", transparency=bytes([0, 128, 255, 255]))
+    np.testing.assert_array_equal(decode_image_bytes(buffer.getvalue(), LIMITS), pattern_bgr())
+    corrupt_exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff" + b"\x12\x01\x03\x00" * 8
+    data = encode(pattern_bgr(), "JPEG", exif=corrupt_exif, quality=95)
+    assert decode_image_bytes(data, LIMITS).shape == (H, W, 3)  # filterwarnings=error: no leaks
+
+
+def test_concurrent_decoding_leaves_warning_filters_alone() -> None:
+    before = list(warnings.filters)
+    payloads = [encode(pattern_bgr(), "WEBP", lossless=True), encode(pattern_bgr(), "PNG"),
+                png_header(10000, 10000)]
+
+    def work(index: int) -> None:
+        for _ in range(30):
+            try:
+                decode_image_bytes(payloads[index % 3], LIMITS)
+            except PayloadTooLarge:
+                pass
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == before
+
+
 @pytest.mark.parametrize("cmyk, bgr", [
     ((0, 255, 255, 0), RED), ((255, 0, 0, 0), (255, 255, 0)), ((0, 0, 0, 255), (0, 0, 0)),
     ((0, 0, 0, 0), (255, 255, 255)), ((0, 0, 0, 128), (127, 127, 127)),
@@ -338,6 +369,8 @@ def test_base64_length_checked_before_decoding() -> None:
         decode_base64_image(text, ImageLimits(max_file_bytes=1000))
     with pytest.raises(PayloadTooLarge, match="the limit is 1,000 bytes"):
         decode_base64_image("A" * 10_000_000, ImageLimits(max_file_bytes=1000))
+    with pytest.raises(PayloadTooLarge, match="the limit is 1,000 bytes"):
+        load_image_bytes(b"QUJD" * 1000, "text/plain", ImageLimits(max_file_bytes=1000))
 
 
 # ---------------------------------------------------------------- npy

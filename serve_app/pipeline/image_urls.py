@@ -32,7 +32,13 @@ from serve_app.errors import ImageFetchError, PayloadTooLarge
 if TYPE_CHECKING:
     from serve_app.pipeline.images import ImageLimits
 
-__all__ = ["MAX_REDIRECTS", "fetch_image_url", "host_allowed", "is_public_address"]
+__all__ = [
+    "MAX_REDIRECTS",
+    "fetch_image_url",
+    "host_allowed",
+    "is_public_address",
+    "normalise_host_pattern",
+]
 
 MAX_REDIRECTS = 3
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -93,8 +99,10 @@ def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
 
     >>> host_allowed("img.cdn.example.com", ("*.example.com",))
     True
-    >>> host_allowed("example.com", ("*.example.com",)), host_allowed("evilexample.com", ("*.example.com",))
-    (False, False)
+    >>> host_allowed("example.com", ("*.example.com",))
+    False
+    >>> host_allowed("evilexample.com", ("*.example.com",))
+    False
     """
     host = host.rstrip(".").lower()
     for pattern in patterns:
@@ -107,12 +115,29 @@ def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
+def normalise_host_pattern(pattern: str) -> str:
+    """Check one ``url_allowed_hosts`` entry and return it lower case, without a trailing dot.
+    Raises ValueError (a configuration mistake, not a client error) for anything else.
+
+    >>> normalise_host_pattern("*.CDN.example.com.")
+    '*.cdn.example.com'
+    """
+    host = str(pattern).strip().rstrip(".").lower()
+    bare = host[2:] if host.startswith("*.") else host
+    if not bare or any(c in bare for c in "*/:@ "):
+        raise ValueError(
+            f"url_allowed_hosts entry {pattern!r} must be a host name such as "
+            "'images.example.com' or '*.example.com' (no scheme, port or path)"
+        )
+    return host
+
+
 def is_public_address(address: str) -> bool:
     """Whether an IP address is globally routable: not loopback, private, link-local, shared
     (CGNAT), reserved, multicast or unspecified, including IPv4 inside IPv6 (mapped, 6to4, NAT64).
 
-    >>> is_public_address("8.8.8.8"), is_public_address("169.254.169.254"), is_public_address("::ffff:10.0.0.1")
-    (True, False, False)
+    >>> [is_public_address(a) for a in ("8.8.8.8", "169.254.169.254", "::ffff:10.0.0.1")]
+    [True, False, False]
     """
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
@@ -161,7 +186,8 @@ def _check_target(url: str, limits: ImageLimits) -> _Target:
         raise ImageFetchError(f"image URL {shown} is ambiguous: its host cannot be read reliably")
     if limits.url_allowed_hosts and not host_allowed(host, limits.url_allowed_hosts):
         raise ImageFetchError(
-            f"image host {host!r} is not allowed; allowed hosts: {', '.join(limits.url_allowed_hosts)}"
+            f"image host {host!r} is not allowed; "
+            f"allowed hosts: {', '.join(limits.url_allowed_hosts)}"
         )
     port = explicit_port or (443 if scheme == "https" else 80)
     addresses: tuple[str, ...] = ()

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from serve_app.errors import InvalidImage, PayloadTooLarge
-from serve_app.pipeline.image_urls import fetch_image_url
+from serve_app.pipeline.image_urls import fetch_image_url, normalise_host_pattern
 
 __all__ = [
     "ImageLimits",
@@ -105,19 +105,8 @@ class ImageLimits:
             raise ValueError(f"ImageLimits.url_timeout_s must be > 0; got {self.url_timeout_s!r}")
         if isinstance(self.url_allowed_hosts, str):
             raise ValueError("ImageLimits.url_allowed_hosts must be a sequence of host names")
-        hosts = tuple(_normalise_host_pattern(h) for h in self.url_allowed_hosts)
+        hosts = tuple(normalise_host_pattern(h) for h in self.url_allowed_hosts)
         object.__setattr__(self, "url_allowed_hosts", hosts)
-
-
-def _normalise_host_pattern(pattern: str) -> str:
-    host = str(pattern).strip().rstrip(".").lower()
-    bare = host[2:] if host.startswith("*.") else host
-    if not bare or any(c in bare for c in "*/:@ ") or "://" in host:
-        raise ValueError(
-            f"url_allowed_hosts entry {pattern!r} must be a host name such as "
-            "'images.example.com' or '*.example.com' (no scheme, port or path)"
-        )
-    return host
 
 
 def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = True) -> np.ndarray:
@@ -142,14 +131,14 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = 
             f"image file is {size:,} bytes; the limit is {limits.max_file_bytes:,} bytes"
         )
     try:
-        with _quiet_pillow():  # header only: size, mode, orientation
+        with _quiet_pillow():  # the header: size, mode, EXIF orientation
             image = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
-            with_opencv = image.format in _OPENCV_FORMATS and image.mode in _OPENCV_MODES
-            if image.format == "TIFF" and image.size[0] * image.size[1] <= limits.max_pixels:
-                image.load()  # Pillow's TIFF loader reads (and warns on) tags while loading
-        with image:
             _check_pixels(image.size, limits)
             stored = _exif_orientation(image)
+            with_opencv = image.format in _OPENCV_FORMATS and image.mode in _OPENCV_MODES
+            if image.format == "TIFF":
+                image.load()  # Pillow's TIFF loader reads (and warns on) tags while loading
+        with image:
             applied = 1  # the orientation the decoder already applied
             if with_opencv:
                 bgr = _decode_with_opencv(data, image.format)
@@ -170,7 +159,8 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = 
         raise InvalidImage(f"image data is corrupt or truncated ({_reason(exc)})") from None
     wanted = stored if auto_orient else 1
     if applied != wanted:
-        bgr = _apply_orientation(_apply_orientation(bgr, _INVERSE_ORIENTATION.get(applied, applied)), wanted)
+        undone = _apply_orientation(bgr, _INVERSE_ORIENTATION.get(applied, applied))
+        bgr = _apply_orientation(undone, wanted)
     return _contiguous(bgr)
 
 
@@ -234,7 +224,8 @@ def _pillow_oriented(image: Image.Image, stored: int) -> bool:
     """Whether Pillow applied the orientation while loading: its TIFF plugin does, and then
     removes the tag."""
     tags = getattr(image, "tag_v2", None)
-    return stored != 1 and image.format == "TIFF" and tags is not None and _EXIF_ORIENTATION not in tags
+    return (stored != 1 and image.format == "TIFF" and tags is not None
+            and _EXIF_ORIENTATION not in tags)
 
 
 def _decode_with_opencv(data: bytes, image_format: str | None) -> np.ndarray:
@@ -299,7 +290,7 @@ def _pillow_to_bgr(image: Image.Image) -> np.ndarray:
         gray = np.ascontiguousarray(gray[..., 0] if gray.ndim == 3 else gray)
         return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     if mode not in ("RGB", "RGBA", "RGBX"):
-        image.info.pop("transparency", None)  # alpha is dropped anyway; Pillow warns on it
+        image.info.pop("transparency", None)  # alpha is dropped anyway (and Pillow may warn)
         try:  # P, PA, 1, CMYK, YCbCr, RGBa, La ...
             image = image.convert("RGB")
         except ValueError:
@@ -352,13 +343,15 @@ def decode_base64_image(value: str, limits: ImageLimits, *, auto_orient: bool = 
 
 
 def _decode_base64(value: str | bytes, max_bytes: int, what: str) -> bytes:
+    if len(value) > 2 * _encoded_length(max_bytes) + 1024:  # before copying anything
+        raise _base64_too_large(what, len(value) * 3 // 4, max_bytes)
     if isinstance(value, str):
-        if len(value) > 2 * _encoded_length(max_bytes) + 1024:  # before copying anything
-            raise _base64_too_large(what, len(value) * 3 // 4, max_bytes)
         try:
             raw = value.encode("ascii")
         except UnicodeEncodeError:
-            raise InvalidImage(f"{what} is not valid base64: it contains non-ASCII characters") from None
+            raise InvalidImage(
+                f"{what} is not valid base64: it contains non-ASCII characters"
+            ) from None
     else:
         raw = bytes(value)
     raw = raw.strip()
@@ -489,7 +482,8 @@ def load_image(
                            "send base64, url or npy")
     if kind not in _ACCEPTED_TYPES:
         raise InvalidImage(
-            f"image type {str(kind)[:40]!r} is not supported; use one of {', '.join(_ACCEPTED_TYPES)}"
+            f"image type {kind[:40]!r} is not supported; "
+            f"use one of {', '.join(_ACCEPTED_TYPES)}"
         )
     if value is None or value == "":
         raise InvalidImage(f"image of type {kind!r} has no 'value'")
