@@ -10,9 +10,14 @@ from serve_app.serving.model_server import model_server_deployment
 from serve_app.settings import Settings
 
 
-def build_app(args: dict[str, Any] | None = None, *, model_server_options: dict | None = None,
-              gateway_options: dict | None = None) -> Application:
-    """The application; the ``*_options`` override deployment options (tests use them)."""
+def build_app(args: dict[str, Any]) -> Application:
+    """Ray Serve's application builder: one argument, the ``args`` of serve_config.yaml."""
+    return build_application(args)
+
+
+def build_application(args: dict[str, Any] | None = None, *, model_server_options: dict | None = None,
+                      gateway_options: dict | None = None) -> Application:
+    """The application; the ``*_options`` override deployment options (the tests use them)."""
     settings = Settings.from_args(args)
     settings_args = settings.to_args()
     model_server = model_server_deployment(settings).options(**(model_server_options or {})).bind(settings_args)

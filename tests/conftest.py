@@ -62,13 +62,13 @@ def deploy_app(base_url: str, tmp_path: Path, args: dict | None = None, *, repli
                model_server_cpus: float = 0.5, env_vars: dict[str, str] | None = None) -> DeployedApp:
     from ray import serve
 
-    from serve_app.app import build_app
+    from serve_app.app import build_application
 
     settings_args = {"state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
                      "providers": ["CPUExecutionProvider"], "intra_op_threads": 1,
                      "namespace": f"t{uuid.uuid4().hex[:8]}", "allow_private_urls": True, **(args or {})}
     runtime_env = {"env_vars": env_vars} if env_vars else {}
-    app = build_app(settings_args, model_server_options={"num_replicas": replicas, "health_check_period_s": 1,
+    app = build_application(settings_args, model_server_options={"num_replicas": replicas, "health_check_period_s": 1,
                                                          "ray_actor_options": {"num_cpus": model_server_cpus,
                                                                                "runtime_env": runtime_env}},
                     gateway_options={"ray_actor_options": {"num_cpus": 0.1, "runtime_env": runtime_env}})

@@ -83,6 +83,11 @@ class OnnxSession:
         used = session.get_providers()
         if skipped:
             log.warning("%s: providers not available in this onnxruntime build: %s", label, skipped)
+        unusable = [p if isinstance(p, str) else p[0] for p in providers]
+        unusable = [p for p in unusable if p not in used]
+        if unusable:
+            log.warning("%s: providers %s could not start here (no GPU or missing CUDA/TensorRT libraries); "
+                        "running on %s", label, unusable, used)
         inp = session.get_inputs()[0]
         outs = session.get_outputs()
         elapsed = time.perf_counter() - started
