@@ -38,7 +38,7 @@ def evaluate_all() -> dict:
     for kind, task, model_id in (("det", "detect", "shapes-det/1"), ("seg", "segment", "shapes-seg/1"),
                                  ("pose", "pose", "shapes-pose/1")):
         m = YOLO(str(MODELS / model_id / "weights.onnx"), task=task)
-        r = m.val(data=str(WORK / "heldout" / f"{kind}.yaml"), imgsz=320, batch=1, plots=False, verbose=False,
+        r = m.val(data=str(WORK / "heldout" / f"{kind}.yaml"), imgsz=640, batch=1, plots=False, verbose=False,
                   project=str(WORK / "val"), name=kind, exist_ok=True)
         entry = {"box_map50": round(float(r.box.map50), 4), "box_map50_95": round(float(r.box.map), 4)}
         if kind == "seg":

@@ -22,7 +22,8 @@ def record_all() -> None:
         model = YOLO(str(MODELS / model_id / "weights.onnx"), task=task)
         per_image = {}
         for path in images:
-            r = model.predict(str(path), imgsz=320, conf=CONF, iou=IOU, verbose=False)[0]
+            # rect=False: square letterbox to the manifest's 640x640 input (a dynamic export would otherwise pad minimally)
+            r = model.predict(str(path), imgsz=640, conf=CONF, iou=IOU, rect=False, verbose=False)[0]
             entry = {"shape": list(r.orig_shape), "boxes": r.boxes.xyxy.numpy().round(3).tolist(),
                      "classes": r.boxes.cls.numpy().astype(int).tolist(),
                      "confidences": r.boxes.conf.numpy().round(5).tolist()}
