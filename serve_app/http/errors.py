@@ -3,11 +3,31 @@ from __future__ import annotations
 
 import logging
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serve_app.errors import Overloaded, ServeAppError, Timeout
+from serve_app.errors import Overloaded, ServeAppError, Timeout, Unauthorized
 
 log = logging.getLogger(__name__)
+
+
+class RouteNotFound(ServeAppError):
+    """404: no route has this path."""
+
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ServeAppError):
+    """405: the path exists for another method."""
+
+    status, code = 405, "method_not_allowed"
+
+
+class NotSupported(ServeAppError):
+    """501: this server version cannot do what the route asks."""
+
+    status, code = 501, "not_implemented"
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -38,5 +58,25 @@ def as_serve_error(exc: BaseException) -> ServeAppError:
 
 def error_response(exc: BaseException) -> JSONResponse:
     err = as_serve_error(exc)
-    headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after is not None else None
-    return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
+    headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after is not None else {}
+    if isinstance(err, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(err.to_dict(), status_code=err.status, headers=headers or None)
+
+
+async def http_exception_response(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own 404 (no route) and 405 (wrong method) in the same JSON shape as every error."""
+    status = getattr(exc, "status_code", 500)
+    if status == 405:
+        allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
+        response = error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; "
+                                                   f"allowed: {allowed or 'none'}"))
+        if allowed:
+            response.headers["Allow"] = allowed
+        return response
+    if status == 404:
+        return error_response(RouteNotFound(f"no route {request.method} {request.url.path}"))
+    return error_response(ServeAppError(str(getattr(exc, "detail", "error"))))
+
+
+EXCEPTION_HANDLERS = {HTTPException: http_exception_response}

@@ -1,4 +1,4 @@
-"""Turn HTTP requests into the plain payloads the model deployment takes (bytes and JSON only)."""
+"""Reading request bodies: the size limit, JSON objects, multipart files (with the standard library)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,6 @@ from starlette.requests import Request
 from serve_app.errors import PayloadTooLarge, SchemaError
 
 MODEL_ID_HEADER = "serve_multiplexed_model_id"
-NOT_PARAMS = {"image", "model_id", "api_key", "id", "model_type"}
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -36,18 +35,32 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 
 def is_json(request: Request) -> bool:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+    return media_type(request.headers.get("content-type")) == "application/json"
 
 
-def infer_payload_from_json(data: dict[str, Any]) -> dict[str, Any]:
-    """A Roboflow-style JSON body -> ``{"images": [...], "params": {...}}``."""
-    if "image" not in data:
-        raise SchemaError("field 'image' is required: {type: base64|url|npy, value} or a list of them")
-    return {"images": data["image"], "params": {k: v for k, v in data.items() if k not in NOT_PARAMS}}
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
 
 
-def infer_payload_from_body(body: bytes, content_type: str | None, query: dict[str, str]) -> dict[str, Any]:
-    """A raw image body (bytes, base64 text or .npy) with parameters in the query string."""
-    if not body:
-        raise SchemaError("the request body is empty: send the image bytes or a JSON body with 'image'")
-    return {"body": body, "content_type": content_type, "params": dict(query)}
+def multipart_file(body: bytes, content_type: str, field: str = "file") -> tuple[bytes, str | None]:
+    """The bytes and content type of form field ``field`` (else the first file) of a multipart body.
+
+    Read with the standard library's MIME parser, so Starlette's forms (python-multipart) are not needed.
+    """
+    from email import policy
+    from email.parser import BytesParser
+
+    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise SchemaError("the multipart body could not be read: check its boundary")
+    fallback = None
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name == field:
+            return part.get_payload(decode=True) or b"", part.get_content_type()
+        if fallback is None and part.get_filename():
+            fallback = part
+    if fallback is not None:
+        return fallback.get_payload(decode=True) or b"", fallback.get_content_type()
+    raise SchemaError(f"the multipart body has no '{field}' field: send the image as 'file'")

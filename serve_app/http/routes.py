@@ -1,4 +1,9 @@
-"""The route table. Handlers live on the Gateway deployment; this module only assembles."""
+"""The route table. Handlers live on the Gateway deployment; this module only assembles.
+
+Order matters: Starlette takes the first route whose path and method match, and the legacy
+``POST /{dataset}/{version}`` would match any two-segment path, so it comes last; its handler
+also refuses the paths of the routes above it (``POST /model/registry`` is a 405, not a model).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -7,20 +12,34 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+# first path segments that belong to the routes below, never to a legacy model name
+RESERVED_SEGMENTS = frozenset({"infer", "model", "healthz", "readiness", "info"})
+
 
 def build_routes(gateway: Any) -> list[Route]:
     async def infer(request: Request):
         return await gateway.handle_infer(request)
+
+    async def infer_task(request: Request):
+        return await gateway.handle_infer(request, task_route=request.path_params["task"])
 
     async def healthz(request: Request):
         return JSONResponse({"status": "ok"})
 
     return [
         Route("/infer", infer, methods=["POST"]),
+        Route("/infer/{task}", infer_task, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readiness", gateway.handle_readiness, methods=["GET"]),
         Route("/info", gateway.handle_info, methods=["GET"]),
         Route("/model/registry", gateway.handle_registry, methods=["GET"]),
         Route("/model/add", gateway.handle_add, methods=["POST"]),
         Route("/model/remove", gateway.handle_remove, methods=["POST"]),
+        Route("/model/clear", gateway.handle_clear, methods=["POST"]),
+        Route("/{dataset}/{version}", gateway.handle_legacy, methods=["POST"]),
     ]
+
+
+def methods_of(routes: list[Route], path: str) -> list[str]:
+    """The methods that the fixed (parameterless) routes serve at ``path``; HEAD is left out."""
+    return sorted({m for r in routes if r.path == path for m in (r.methods or ()) if m != "HEAD"})

@@ -16,16 +16,21 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from serve_app.artifacts.actor import artifact_cache_handle
-from serve_app.errors import ModelNotFound, SchemaError
-from serve_app.http.errors import as_serve_error, error_response
-from serve_app.http.parsing import (MODEL_ID_HEADER, infer_payload_from_body, infer_payload_from_json, is_json,
-                                    parse_json, read_body)
-from serve_app.http.routes import build_routes
+from serve_app.errors import SchemaError
+from serve_app.http.auth import ApiKey
+from serve_app.http.errors import (EXCEPTION_HANDLERS, MethodNotAllowed, NotSupported, RouteNotFound, as_serve_error,
+                                   error_response)
+from serve_app.http.parsing import MODEL_ID_HEADER, is_json, media_type, multipart_file, parse_json, read_body
+from serve_app.http.roboflow import (ROUTE_OF_TASK, TASK_ROUTES, InferRequest, client_registry, finish_results,
+                                     from_json_body, from_legacy_query, from_query)
+from serve_app.http.routes import RESERVED_SEGMENTS, build_routes, methods_of
+from serve_app.http.visualize import DrawOptions, decode_request_images, render
 from serve_app.registry.actor import registry_handle
 from serve_app.registry.manifest import Manifest, validate_model_id
+from serve_app.serving.model_server import MAX_IMAGES_PER_REQUEST
 from serve_app.settings import Settings
 
 log = logging.getLogger("serve_app.gateway")
@@ -72,9 +77,9 @@ class GatewayCore:
                 log.warning("replica died during a request for %s; retrying once", manifest.model_id)
         raise AssertionError("unreachable")
 
-    async def load(self, model_id: str) -> None:
+    async def load(self, model_id: str) -> dict:
         manifest = await self.resolve(model_id)
-        await self.model_server.options(multiplexed_model_id=manifest.model_id).load.remote()
+        return await self.model_server.options(multiplexed_model_id=manifest.model_id).load.remote()
 
     async def registry_view(self) -> dict:
         models, replicas, aliases = await asyncio.gather(self.registry.list_models.remote(),
@@ -101,67 +106,170 @@ class Gateway:
         logging.basicConfig(level=logging.INFO)
         self.settings = Settings(**settings_args)
         self.core = GatewayCore(self.settings, model_server)
+        self.api_key = ApiKey(self.settings.api_key)
+        self.instance_id = str(uuid.uuid4())
+        self.routes = build_routes(self)
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return Starlette(routes=build_routes(self))
+        return Starlette(routes=self.routes, exception_handlers=EXCEPTION_HANDLERS)
 
-    # -- handlers used by routes ---------------------------------------------------------------
-    async def handle_infer(self, request: Request, model_ref: str | None = None, task: str | None = None) -> Any:
+    # -- authorization -------------------------------------------------------------------------
+    def _key_in_body(self, request: Request) -> bool:
+        """Whether the key, if one is needed, can only be in the body (no header, no query)."""
+        elsewhere = request.headers.get("authorization") or request.query_params.get("api_key")
+        return self.api_key.enabled and not elsewhere
+
+    def _authorize(self, request: Request, body: dict | None = None) -> None:
+        self.api_key.check(bearer=request.headers.get("authorization"), query=request.query_params.get("api_key"),
+                           body=(body or {}).get("api_key"))
+
+    async def _json_body(self, request: Request) -> dict:
+        """The JSON body, authorized: a body that cannot hold the key is a 401 before it is a 422."""
+        if not self._key_in_body(request):
+            self._authorize(request)
+            return parse_json(await read_body(request, self.settings.max_body_bytes))
+        try:
+            data = parse_json(await read_body(request, self.settings.max_body_bytes))
+        except SchemaError:
+            self._authorize(request)
+            raise
+        self._authorize(request, data)
+        return data
+
+    # -- inference -----------------------------------------------------------------------------
+    async def handle_infer(self, request: Request, task_route: str | None = None) -> Any:
+        """``POST /infer`` (header route: JSON or raw image body) and ``POST /infer/{task}`` (JSON body)."""
         started = time.perf_counter()
         try:
-            body = await read_body(request, self.settings.max_body_bytes)
-            if is_json(request):
-                data = parse_json(body)
-                payload = infer_payload_from_json(data)
-                model_ref = model_ref or request.headers.get(MODEL_ID_HEADER) or data.get("model_id")
+            task = None
+            if task_route is not None:
+                task = TASK_ROUTES.get(task_route)
+                if task is None:
+                    raise RouteNotFound(f"no route POST /infer/{task_route[:40]}; tasks: "
+                                        f"{', '.join('/infer/' + r for r in TASK_ROUTES)}")
+            header_ref = request.headers.get(MODEL_ID_HEADER)
+            if task_route is not None or is_json(request):
+                req = from_json_body(await self._json_body(request), MAX_IMAGES_PER_REQUEST)
+                payload: dict[str, Any] = {"images": req.images, "params": req.params}
             else:
-                payload = infer_payload_from_body(body, request.headers.get("content-type"), dict(request.query_params))
-                model_ref = model_ref or request.headers.get(MODEL_ID_HEADER) or request.query_params.get("model_id")
+                self._authorize(request)
+                body = await read_body(request, self.settings.max_body_bytes)
+                if not body:
+                    raise SchemaError("the request body is empty: send the image bytes or a JSON body with 'image'")
+                req = from_query(request.query_params)
+                payload = {"body": body, "content_type": request.headers.get("content-type"), "params": req.params}
+            model_ref = header_ref or req.model_ref
             if not model_ref:
                 raise SchemaError(f"no model id: send the '{MODEL_ID_HEADER}' header or 'model_id' in the body")
-            manifest, out = await self.core.infer(model_ref, payload, task)
+            return await self._infer(req, model_ref, payload, task, started)
         except Exception as exc:
             return error_response(exc)
-        elapsed = time.perf_counter() - started
-        results = out["results"]
-        for r in results:
-            r["inference_id"] = str(uuid.uuid4())
-            r["time"] = elapsed
-        body_out: Any = results if isinstance(payload.get("images"), list) else results[0]
-        headers = {"X-Replica": out["replica"], "X-Model-Id": manifest.model_id}
-        return JSONResponse(body_out, headers=headers)
 
+    async def handle_legacy(self, request: Request) -> Any:
+        """Roboflow's legacy ``POST /{dataset}/{version}``: base64 or raw body, multipart ``file`` or ``?image=``."""
+        started = time.perf_counter()
+        try:
+            dataset, version = request.path_params["dataset"], request.path_params["version"]
+            if dataset in RESERVED_SEGMENTS:
+                allowed = methods_of(self.routes, f"/{dataset}/{version}")
+                if allowed:
+                    raise MethodNotAllowed(f"POST is not allowed on /{dataset}/{version}; "
+                                           f"allowed: {', '.join(allowed)}")
+                raise RouteNotFound(f"no route POST /{dataset}/{version[:40]}; '{dataset}' cannot be a model name "
+                                    "on the legacy route")
+            self._authorize(request)
+            req = from_legacy_query(request.query_params, dataset, version)
+            validate_model_id(req.model_ref)
+            body = await read_body(request, self.settings.max_body_bytes)
+            content_type = request.headers.get("content-type")
+            if req.images is not None:  # ?image=<url> wins over a body, as on Roboflow's server
+                payload: dict[str, Any] = {"images": req.images, "params": req.params}
+            elif not body:
+                raise SchemaError("no image: send it as the body (bytes or base64), as multipart 'file', "
+                                  "or as ?image=<url>")
+            else:
+                if media_type(content_type) == "multipart/form-data":
+                    body, content_type = multipart_file(body, content_type or "")
+                    if not body:
+                        raise SchemaError("the multipart 'file' field is empty")
+                payload = {"body": body, "content_type": content_type, "params": req.params}
+            return await self._infer(req, req.model_ref, payload, None, started)
+        except Exception as exc:
+            return error_response(exc)
+
+    async def _infer(self, req: InferRequest, model_ref: str, payload: dict[str, Any], task: str | None,
+                     started: float) -> Response:
+        manifest = await self.core.resolve(model_ref)
+        if task is not None and manifest.task != task:
+            message = (f"model {model_ref!r} is a {manifest.task} model, and POST /infer/{ROUTE_OF_TASK[task]} "
+                       f"serves {task} models")
+            if manifest.task in ROUTE_OF_TASK:
+                message += f": send it to POST /infer/{ROUTE_OF_TASK[manifest.task]}"
+            raise SchemaError(message)
+        originals = None
+        if req.visualization.enabled:
+            payload, originals = await asyncio.to_thread(decode_request_images, payload, self.settings.image_limits)
+        manifest, out = await self.core.infer(model_ref, payload, task)
+        results = out["results"]
+        pictures = None
+        if originals is not None:
+            options = DrawOptions(labels=req.visualization.labels, stroke=req.visualization.stroke)
+            skeleton = manifest.keypoints.skeleton if manifest.keypoints else ()
+            pictures = await asyncio.to_thread(render, originals, results, manifest.class_colors, skeleton, options)
+        headers = {"X-Replica": out["replica"], "X-Model-Id": manifest.model_id}
+        if req.response_format == "image" and pictures:
+            return Response(pictures[0], media_type="image/jpeg", headers=headers)
+        bodies = finish_results(results, inference_id=req.inference_id, elapsed=time.perf_counter() - started,
+                                visualizations=pictures)
+        return JSONResponse(bodies if req.batched else bodies[0], headers=headers)
+
+    # -- model management ----------------------------------------------------------------------
     async def handle_registry(self, request: Request) -> Any:
         try:
-            return JSONResponse(await self.core.registry_view())
+            self._authorize(request)
+            return JSONResponse(client_registry(await self.core.registry_view()))
         except Exception as exc:
             return error_response(exc)
 
     async def handle_add(self, request: Request) -> Any:
+        """Add a model (``manifest`` or ``weights_uri``) and/or load one (``model_id``, inference-sdk's load_model)."""
         try:
-            data = parse_json(await read_body(request, self.settings.max_body_bytes))
+            data = await self._json_body(request)
             if "manifest" in data or "weights_uri" in data:
                 added = await self.core.registry.add.remote(data)
                 model_id = added["model_id"]
             else:
                 model_id = validate_model_id(data.get("model_id"))
             self.core.invalidate()
+            loaded = None
             if data.get("load", True):
-                await self.core.load(model_id)
-            return JSONResponse(await self.core.registry_view())
+                loaded = await self.core.load(model_id)
+            view = await self.core.registry_view()
+            if loaded is not None:
+                view = with_loaded(view, loaded)
+            return JSONResponse(client_registry(view))
         except Exception as exc:
             return error_response(exc)
 
     async def handle_remove(self, request: Request) -> Any:
         try:
-            data = parse_json(await read_body(request, self.settings.max_body_bytes))
+            data = await self._json_body(request)
             model_id = validate_model_id(data.get("model_id"))
             await self.core.registry.remove.remote(model_id)
             self.core.invalidate()
-            return JSONResponse(await self.core.registry_view())
+            return JSONResponse(client_registry(await self.core.registry_view()))
         except Exception as exc:
             return error_response(exc)
 
+    async def handle_clear(self, request: Request) -> Any:
+        try:
+            self._authorize(request)
+            raise NotSupported("this server cannot unload models on request yet: replicas keep the most recently "
+                               f"used {self.settings.max_models_per_replica} models each and evict the rest")
+        except Exception as exc:
+            return error_response(exc)
+
+    # -- probes and information ----------------------------------------------------------------
     async def handle_readiness(self, request: Request) -> Any:
         try:
             await asyncio.wait_for(asyncio.gather(self.core.registry.ping.remote(), self.core.artifacts.ping.remote()), 5)
@@ -174,8 +282,19 @@ class Gateway:
     async def handle_info(self, request: Request) -> Any:
         from serve_app import __version__
 
-        return JSONResponse({"name": "serve_app", "version": __version__, "uuid": self.core.model_server.deployment_name})
+        try:
+            self._authorize(request)
+            return JSONResponse({"name": "serve_app", "version": __version__, "uuid": self.instance_id})
+        except Exception as exc:
+            return error_response(exc)
 
 
-def model_not_found(model_id: str) -> ModelNotFound:
-    return ModelNotFound(f"model {model_id!r} is not in the registry")
+def with_loaded(view: dict, loaded: dict) -> dict:
+    """The view with a model just loaded listed as loaded (the replica's own report may still be on its way)."""
+    model_id = loaded["model_id"]
+    if any(m["model_id"] == model_id for m in view["models"]):
+        return view
+    entry = next((m for m in view["available"] if m["model_id"] == model_id), None)
+    if entry is None:
+        return view
+    return {**view, "models": [*view["models"], {**entry, "loaded_on": [{"replica": loaded.get("replica")}]}]}

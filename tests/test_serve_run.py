@@ -1,0 +1,89 @@
+"""The README's serve command: `serve run serve_config.yaml` answers on every built-in model."""
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from tests.servers import free_port
+from zoo.shapes import draw_dominant_shape, draw_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def served():
+    """serve_config.yaml as shipped, but on a free port and with scratch cache/state folders."""
+    tmp = Path(tempfile.mkdtemp(prefix="sr", dir=ROOT / ".cache" if (ROOT / ".cache").is_dir() else None))
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    args = config["applications"][0]["args"]
+    args.update(cache_dir=str(tmp / "cache"), state_dir=str(tmp / "state"))
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "RAY_TMPDIR": str(tmp / "ray"), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    serve_bin = Path(sys.executable).parent / "serve"
+    log = open(tmp / "serve.log", "wb")
+    proc = subprocess.Popen([str(serve_bin), "run", str(tmp / "config.yaml")], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(url + "/readiness", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.time() < deadline, (tmp / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # serve run shuts its cluster down on Ctrl-C
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+
+
+def _post(url: str, model: str, image: np.ndarray) -> dict:
+    body = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    r = requests.post(url + "/infer", data=body, headers={"serve_multiplexed_model_id": model}, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_every_builtin_model_answers(served):
+    rng = np.random.default_rng(4242)
+    scene = draw_scene(rng, size=(640, 480), max_shapes=4)
+    truth = sorted(s.class_name for s in scene.shapes)
+    for model in ("shapes", "shapes-det/1", "shapes-det-v5/1", "shapes-seg/1"):
+        preds = _post(served, model, scene.image)["predictions"]
+        assert sorted(p["class"] for p in preds) == truth, model
+    seg = _post(served, "shapes-seg/1", scene.image)["predictions"]
+    assert all(len(p["points"]) >= 3 for p in seg)
+    pose = _post(served, "shapes-pose/1", scene.image)["predictions"]
+    assert len(pose) == truth.count("triangle") and all(len(p["keypoints"]) == 3 for p in pose)
+    cls = _post(served, "shapes-cls/1", draw_dominant_shape(rng, "square").image)
+    assert cls["top"] == "square"
+    text = np.full((120, 520, 3), 255, np.uint8)
+    cv2.putText(text, "HELLO 2026", (20, 80), cv2.FONT_HERSHEY_DUPLEX, 2.0, (0, 0, 0), 4, cv2.LINE_AA)
+    assert _post(served, "ocr/1", text)["result"] == "HELLO 2026"
+    registry = requests.get(served + "/model/registry", timeout=30).json()
+    assert {m["model_id"] for m in registry["models"]} >= {"shapes-det/1", "ocr/1", "shapes-cls/1"}
