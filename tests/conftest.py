@@ -16,13 +16,21 @@ from tests.servers import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def ray_tmp_parent() -> Path | None:
+    """Ray's files inside the work tree, unless its path would push Ray's socket paths past 107 bytes."""
+    if len(str(ROOT)) > 48:
+        return None
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    return ROOT / ".cache"
+
+
 @pytest.fixture(scope="session")
 def ray_serve():
     """One local Ray instance for the session (2 CPUs), Serve's proxy on a free port."""
     import ray
     from ray import serve
 
-    tmp = Path(tempfile.mkdtemp(prefix="r", dir=ROOT / ".cache" if (ROOT / ".cache").is_dir() else None))
+    tmp = Path(tempfile.mkdtemp(prefix="r", dir=ray_tmp_parent()))
     os.environ["RAY_TMPDIR"] = str(tmp)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     port = free_port()

@@ -16,6 +16,7 @@ import pytest
 import requests
 import yaml
 
+from tests.conftest import ray_tmp_parent
 from tests.servers import free_port
 from zoo.shapes import draw_dominant_shape, draw_scene
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def served():
     """serve_config.yaml as shipped, but on a free port and with scratch cache/state folders."""
-    tmp = Path(tempfile.mkdtemp(prefix="sr", dir=ROOT / ".cache" if (ROOT / ".cache").is_dir() else None))
+    tmp = Path(tempfile.mkdtemp(prefix="sr", dir=ray_tmp_parent()))
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
