@@ -99,11 +99,17 @@ def prepare_image(image: np.ndarray, spec: InputSpec, pre: PreprocessingSpec,
     return resized, transform
 
 
-def to_tensor(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """Stack input-sized BGR uint8 images into an NCHW float32 tensor (channel order, scale, mean/std)."""
+def to_tensor(images: list[np.ndarray], spec: InputSpec, dtype: type = np.float32) -> np.ndarray:
+    """Stack input-sized BGR uint8 images into an NCHW tensor (channel order, scale, mean/std).
+
+    With ``dtype=np.uint8`` the pixels stay bytes: the model then scales them itself (see
+    :func:`serve_app.pipeline.graph.prepend_uint8_normalization`).
+    """
     batch = np.stack(images)
     if spec.channel_order == "rgb":
         batch = batch[..., ::-1]
+    if dtype == np.uint8:
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
     tensor = batch.transpose(0, 3, 1, 2).astype(np.float32)
     tensor *= np.float32(spec.scale)
     if any(spec.mean) or any(s != 1 for s in spec.std):

@@ -31,9 +31,11 @@ class SessionOptions:
     inter_op_threads: int = 1
     graph_optimization: str = "all"  # all | extended | basic | disabled
     tensorrt_cache_dir: str | None = None
+    uint8_input: bool = True  # feed uint8 pixels; cast and scale run inside the session
+    io_binding: bool = False  # bind inputs/outputs explicitly (pays on CUDA, not on CPU)
 
 
-def _resolve_providers(wanted: tuple[Any, ...]) -> tuple[list[Any], list[str]]:
+def _resolve_providers(wanted: tuple[Any, ...], tensorrt_cache_dir: str | None = None) -> tuple[list[Any], list[str]]:
     available = set(ort.get_available_providers())
     chosen: list[Any] = []
     skipped: list[str] = []
@@ -42,6 +44,10 @@ def _resolve_providers(wanted: tuple[Any, ...]) -> tuple[list[Any], list[str]]:
         if name not in available:
             skipped.append(name)
             continue
+        if name == "TensorrtExecutionProvider" and tensorrt_cache_dir:
+            # engines take minutes to build: keep them on disk, keyed by model and shapes
+            opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": tensorrt_cache_dir,
+                    "trt_timing_cache_enable": True, "trt_timing_cache_path": tensorrt_cache_dir, **(opts or {})}
         chosen.append((name, opts) if opts else name)
     if not any((c if isinstance(c, str) else c[0]) == "CPUExecutionProvider" for c in chosen):
         chosen.append("CPUExecutionProvider")
@@ -61,6 +67,7 @@ class OnnxSession:
     providers: list[str]
     metadata: dict[str, str] = field(default_factory=dict)
     load_seconds: float = 0.0
+    io_binding: bool = False
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview | np.ndarray, options: SessionOptions, label: str = "model") -> "OnnxSession":
@@ -74,7 +81,7 @@ class OnnxSession:
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[options.graph_optimization]
-        providers, skipped = _resolve_providers(options.providers)
+        providers, skipped = _resolve_providers(options.providers, options.tensorrt_cache_dir)
         payload = bytes(data) if not isinstance(data, bytes) else data
         try:
             session = ort.InferenceSession(payload, sess_options=so, providers=providers)
@@ -94,18 +101,30 @@ class OnnxSession:
         log.info("%s: session ready in %.0f ms on %s (asked %s)", label, elapsed * 1e3, used,
                  [p if isinstance(p, str) else p[0] for p in options.providers])
         meta = dict(session.get_modelmeta().custom_metadata_map)
+        on_gpu = used[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         return cls(session, inp.name, list(inp.shape), inp.type, [o.name for o in outs], [list(o.shape) for o in outs],
-                   used, meta, elapsed)
+                   used, meta, elapsed, io_binding=options.io_binding and on_gpu)
 
     @property
     def dynamic_batch(self) -> bool:
         return not isinstance(self.input_shape[0], int)
 
+    @property
+    def input_dtype(self) -> type:
+        return np.uint8 if self.input_type == "tensor(uint8)" else np.float32
+
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(self.output_names, {self.input_name: tensor})
+        if not self.io_binding:
+            return self.session.run(self.output_names, {self.input_name: tensor})
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, tensor)
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
     def warm_up(self, height: int, width: int, channels: int = 3) -> float:
         """Run one inference on zeros; returns seconds taken (the first run pays lazy initialisation)."""
         started = time.perf_counter()
-        self.run(np.zeros((1, channels, height, width), np.float32))
+        self.run(np.zeros((1, channels, height, width), self.input_dtype))
         return time.perf_counter() - started

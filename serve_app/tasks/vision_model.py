@@ -14,6 +14,7 @@ import numpy as np
 
 from serve_app.errors import InvalidParameter, ModelLoadError
 from serve_app.pipeline.geometry import ImageTransform
+from serve_app.pipeline.graph import prepend_uint8_normalization
 from serve_app.pipeline.preprocess import prepare_image, to_tensor
 from serve_app.pipeline.session import OnnxSession, SessionOptions
 from serve_app.registry.manifest import Manifest
@@ -39,11 +40,18 @@ class VisionModel:
     def load(cls, manifest: Manifest, files: Mapping[str, Any], options: SessionOptions) -> "VisionModel":
         if manifest.task == "ocr":
             return cls._load_ocr(manifest, files, options)
-        session = OnnxSession.from_bytes(files["weights"], options, manifest.model_id)
+        weights = files["weights"]
+        if options.uint8_input:
+            try:
+                spec = manifest.input
+                weights = prepend_uint8_normalization(weights, spec.scale, spec.mean, spec.std)
+            except ModelLoadError as exc:
+                log.warning("%s: keeping float input (%s)", manifest.model_id, exc.message)
+        session = OnnxSession.from_bytes(weights, options, manifest.model_id)
         model = cls(manifest, session)
         started = time.perf_counter()
         try:
-            outputs = session.run(np.zeros((1, 3, manifest.input.height, manifest.input.width), np.float32))
+            outputs = session.run(np.zeros((1, 3, manifest.input.height, manifest.input.width), session.input_dtype))
         except Exception as exc:
             raise ModelLoadError(f"{manifest.model_id}: warm-up inference failed: {str(exc)[:300]}") from None
         model.warmup_seconds = time.perf_counter() - started
@@ -69,21 +77,37 @@ class VisionModel:
         """Run a batch of BGR images; one Roboflow-shaped dict per image."""
         if self.manifest.task == "ocr":
             return [self.ocr.predict(img).to_roboflow() for img in images]
-        spec, pre = self.manifest.input, self.manifest.preprocessing
         t0 = time.perf_counter()
-        prepared = [prepare_image(img, spec, pre, params.overrides) for img in images]
-        tensor = to_tensor([p[0] for p in prepared], spec)
+        tensor, transforms = self.prepare(images, params)
         t1 = time.perf_counter()
-        outputs = self._run(tensor)
+        outputs = self.run(tensor)
         t2 = time.perf_counter()
-        results = [self._decode([o[i] for o in outputs], prepared[i][1], params) for i in range(len(images))]
+        results = self.decode(outputs, transforms, params, images)
         t3 = time.perf_counter()
         self.timings = {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
+        return results
+
+    def prepare(self, images: list[np.ndarray], params: InferenceParams) -> tuple[np.ndarray, list[ImageTransform]]:
+        """Crop, adjust, resize and stack: the input tensor and each image's transform."""
+        spec, pre = self.manifest.input, self.manifest.preprocessing
+        prepared = [prepare_image(img, spec, pre, params.overrides) for img in images]
+        assert self.session is not None
+        return to_tensor([p[0] for p in prepared], spec, self.session.input_dtype), [p[1] for p in prepared]
+
+    def decode(self, outputs: list[np.ndarray], transforms: list[ImageTransform], params: InferenceParams,
+               images: list[np.ndarray]) -> list[dict]:
+        """Raw batch outputs -> one result dict per image, in original-image coordinates."""
+        results = [self._decode([o[i] for o in outputs], transforms[i], params) for i in range(len(transforms))]
         for img, res in zip(images, results):
             res["image"] = {"width": int(img.shape[1]), "height": int(img.shape[0])}
         return results
 
-    def _run(self, tensor: np.ndarray) -> list[np.ndarray]:
+    @property
+    def batchable(self) -> bool:
+        """Whether tensors of several requests can be stacked into one session call."""
+        return self.manifest.task != "ocr" and self.session is not None and self.session.dynamic_batch
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         assert self.session is not None
         if self.session.dynamic_batch or len(tensor) == 1:
             return self.session.run(tensor)
