@@ -1,0 +1,83 @@
+"""Per-model dynamic batching: the input tensors of concurrent requests go to the session together.
+
+While one batch runs, new requests queue; when it ends they all go in the next call (up to
+``max_batch`` images). An idle model waits at most ``max_wait_s`` for company, so a lone request
+pays almost nothing. One batch runs at a time per model: the session already uses every core (or
+the whole GPU stream) it is given.
+
+>>> import asyncio
+>>> b = TensorBatcher(lambda x: [x * 2], max_batch=8, max_wait_s=0.001)
+>>> asyncio.run(b.submit(np.ones((1, 2))))[0].tolist()
+[[2.0, 2.0]]
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+RunFn = Callable[[np.ndarray], list[np.ndarray]]
+
+
+@dataclass
+class _Pending:
+    tensor: np.ndarray
+    future: asyncio.Future = field(repr=False)
+
+
+class TensorBatcher:
+    def __init__(self, run: RunFn, max_batch: int, max_wait_s: float, executor: Executor | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._run = run
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._executor = executor
+        self._queue: list[_Pending] = []
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self.batch_sizes: list[int] = []  # recent batch sizes, for metrics and tests
+
+    async def submit(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Run ``tensor`` (N images) with whatever else is queued; returns this request's N outputs."""
+        loop = asyncio.get_running_loop()
+        item = _Pending(tensor, loop.create_future())
+        self._queue.append(item)
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return await item.future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            if self._images_queued() < self._max_batch and self._max_wait_s > 0:
+                await asyncio.sleep(self._max_wait_s)  # let concurrent requests join
+            batch, images = [], 0
+            while self._queue and (not batch or images + len(self._queue[0].tensor) <= self._max_batch):
+                item = self._queue.pop(0)
+                batch.append(item)
+                images += len(item.tensor)
+            tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([b.tensor for b in batch])
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._run, tensor)
+            except BaseException as exc:  # every waiter of this batch gets the error
+                for b in batch:
+                    if not b.future.done():
+                        b.future.set_exception(exc)
+                continue
+            self.batch_sizes = (self.batch_sizes + [images])[-1000:]
+            start = 0
+            for b in batch:
+                n = len(b.tensor)
+                if not b.future.done():
+                    b.future.set_result([o[start:start + n] for o in outputs])
+                start += n
+
+    def _images_queued(self) -> int:
+        return sum(len(p.tensor) for p in self._queue)

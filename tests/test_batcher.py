@@ -1,0 +1,87 @@
+"""Dynamic batching: concurrent requests share session calls, results go back to their owners."""
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serve_app.serving.batcher import TensorBatcher
+
+
+class SlowDoubler:
+    """A stand-in session: doubles its input, takes 20 ms, records each call's batch size."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        with self.lock:
+            self.calls.append(len(x))
+        time.sleep(0.02)
+        return [x * 2, x.sum(axis=(1, 2))]
+
+
+def test_concurrent_requests_are_batched_and_split_back():
+    run = SlowDoubler()
+    batcher = TensorBatcher(run, max_batch=16, max_wait_s=0.005)
+
+    async def main():
+        tensors = [np.full((1 + i % 3, 2, 2), i, np.float32) for i in range(12)]
+        outs = await asyncio.gather(*(batcher.submit(t) for t in tensors))
+        for t, (doubled, sums) in zip(tensors, outs):
+            np.testing.assert_array_equal(doubled, t * 2)
+            np.testing.assert_array_equal(sums, t.sum(axis=(1, 2)))
+        return tensors
+
+    tensors = asyncio.run(main())
+    assert sum(run.calls) == sum(len(t) for t in tensors)
+    assert len(run.calls) < len(tensors)  # fewer session calls than requests
+    assert max(run.calls) <= 16
+
+
+def test_max_batch_is_respected():
+    run = SlowDoubler()
+    batcher = TensorBatcher(run, max_batch=4, max_wait_s=0.005)
+
+    async def main():
+        await asyncio.gather(*(batcher.submit(np.ones((1, 1, 1))) for _ in range(10)))
+
+    asyncio.run(main())
+    assert max(run.calls) <= 4 and sum(run.calls) == 10
+
+
+def test_an_error_reaches_every_request_of_its_batch_and_the_batcher_goes_on():
+    calls = []
+
+    def flaky(x):
+        calls.append(len(x))
+        if len(calls) == 1:
+            raise RuntimeError("session failed")
+        return [x]
+
+    batcher = TensorBatcher(flaky, max_batch=8, max_wait_s=0.01)
+
+    async def main():
+        results = await asyncio.gather(*(batcher.submit(np.ones((1, 1))) for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results)
+        assert (await batcher.submit(np.ones((1, 1))))[0].tolist() == [[1.0]]
+
+    asyncio.run(main())
+
+
+def test_lone_request_waits_at_most_max_wait():
+    batcher = TensorBatcher(lambda x: [x], max_batch=8, max_wait_s=0.005)
+
+    async def main():
+        started = time.perf_counter()
+        await batcher.submit(np.ones((1, 1)))
+        return time.perf_counter() - started
+
+    assert asyncio.run(main()) < 0.2
+
+
+def test_bad_max_batch():
+    with pytest.raises(ValueError, match="max_batch"):
+        TensorBatcher(lambda x: [x], max_batch=0, max_wait_s=0)
