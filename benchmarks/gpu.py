@@ -1,0 +1,290 @@
+"""GPU benchmark (issue 7), run on the GPU machine: raw ONNX Runtime against this server, one run.
+
+    python -m benchmarks.gpu --onnx yolov8n.onnx --images DIR --out DIR [--quick]
+
+Measures, in order, writing JSON after each step (so a timeout loses little):
+1. raw ORT on CUDA: batch 1 and 32 with NumPy in/out, batch 32 with input and output on the GPU;
+2. the in-process pipeline (JPEG decode + letterbox + session + postprocess) at batch 1;
+3. this server under ``serve run`` (CUDA provider, replicas sharing the GPU): throughput and
+   p50/p99 over a client sweep (asyncio clients in separate processes), one model, then requests
+   spread over 3 and 12 models; cold loads of new models whose artifacts are in the object store.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+def raw_ort(onnx_path: Path, quick: bool) -> dict:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    out: dict = {"providers": sess.get_providers()}
+    for batch, iters in ((1, 50 if quick else 300), (32, 10 if quick else 60)):
+        x = np.random.rand(batch, 3, 640, 640).astype(np.float32)
+        for _ in range(5):
+            sess.run(None, {name: x})
+        t = time.perf_counter()
+        for _ in range(iters):
+            sess.run(None, {name: x})
+        dt = (time.perf_counter() - t) / iters
+        out[f"batch{batch}_numpy"] = {"ms": dt * 1e3, "img_per_s": batch / dt}
+        xv = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        binding = sess.io_binding()
+        binding.bind_ortvalue_input(name, xv)
+        for o in sess.get_outputs():
+            binding.bind_output(o.name, "cuda", 0)
+        for _ in range(5):
+            sess.run_with_iobinding(binding)
+        t = time.perf_counter()
+        for _ in range(iters):
+            sess.run_with_iobinding(binding)
+        dt = (time.perf_counter() - t) / iters
+        out[f"batch{batch}_gpu_bound"] = {"ms": dt * 1e3, "img_per_s": batch / dt}
+    return out
+
+
+def pipeline(onnx_path: Path, images: list[bytes], quick: bool) -> dict:
+    import cv2
+
+    from serve_app.pipeline.images import ImageLimits, decode_image_bytes
+    from serve_app.pipeline.preprocess import resize_to_input
+    from serve_app.pipeline.session import SessionOptions
+    from serve_app.registry.manifest import Manifest
+    from serve_app.tasks.params import InferenceParams
+    from serve_app.tasks.vision_model import VisionModel
+
+    manifest = Manifest.from_dict(_manifest("bench/0", onnx_path.read_bytes(), str(onnx_path)))
+    model = VisionModel.load(manifest, {"weights": onnx_path.read_bytes()},
+                             SessionOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
+    limits = ImageLimits()
+    n = 50 if quick else 300
+    dec = []
+    for i in range(n):
+        t = time.perf_counter()
+        img = decode_image_bytes(images[i % len(images)], limits)
+        resize_to_input(img, manifest.input)
+        dec.append(time.perf_counter() - t)
+    full, parts = [], []
+    for i in range(n):
+        t = time.perf_counter()
+        img = decode_image_bytes(images[i % len(images)], limits)
+        model.predict([img], InferenceParams())
+        full.append(time.perf_counter() - t)
+        parts.append(dict(model.timings))
+    del cv2
+    return {"providers": model.providers, "decode_letterbox_ms_p50": _pct(dec, 50) * 1e3,
+            "pipeline_ms_p50": _pct(full, 50) * 1e3, "pipeline_ms_p99": _pct(full, 99) * 1e3,
+            "parts_ms_p50": {k: _pct([p[k] for p in parts], 50) * 1e3 for k in parts[0]}}
+
+
+def _manifest(model_id: str, data: bytes, path: str) -> dict:
+    import hashlib
+
+    return {"model_id": model_id, "task": "object-detection", "architecture": "yolov8",
+            "files": {"weights": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "path": "weights.onnx"}},
+            "classes": [f"c{i}" for i in range(80)], "input": {"width": 640, "height": 640}}
+
+
+def write_repository(onnx_path: Path, root: Path, count: int) -> list[str]:
+    import onnx
+
+    ids = []
+    base = onnx.load(str(onnx_path))
+    for i in range(count):
+        model_id = f"bench{i}/1"
+        folder = root / model_id
+        folder.mkdir(parents=True, exist_ok=True)
+        m = onnx.ModelProto()
+        m.CopyFrom(base)
+        m.metadata_props.append(onnx.StringStringEntryProto(key="bench_variant", value=str(i)))
+        data = m.SerializeToString()
+        (folder / "weights.onnx").write_bytes(data)
+        (folder / "model.json").write_text(json.dumps(_manifest(model_id, data, "")))
+        ids.append(model_id)
+    return ids
+
+
+def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int, batch: int,
+                 cpu: bool = False) -> subprocess.Popen:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"].update(repositories=[str(repo)], cache_dir=str(work / "cache"), state_dir=str(work / "state"),
+                       providers=["CUDAExecutionProvider", "CPUExecutionProvider"], max_models_per_replica=16,
+                       max_batch_size=batch, intra_op_threads=2)
+    for d in app["deployments"]:
+        if d["name"] == "Gateway":
+            d.update(num_replicas=gateways, max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.25 if cpu else 1})
+        else:
+            d.pop("autoscaling_config", None)
+            d.update(num_replicas=replicas, max_ongoing_requests=256,
+                     ray_actor_options={"num_cpus": 0.5 if cpu else 2, "num_gpus": 0 if cpu else round(1 / replicas, 3)})
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "RAY_USAGE_STATS_ENABLED": "0"}
+    log = open(work / "serve.log", "wb")
+    return subprocess.Popen([sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run",
+                             str(work / "config.yaml")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _client(url: str, models: list[str], bodies: list[bytes], workers: int, duration: float, q) -> None:
+    import aiohttp
+
+    async def main() -> None:
+        lat: list[float] = []
+        errors = 0
+        end = time.time() + duration
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            async def worker(k: int) -> None:
+                nonlocal errors
+                while time.time() < end:
+                    t = time.perf_counter()
+                    try:
+                        async with s.post(url, data=bodies[k % len(bodies)],
+                                          headers={"serve_multiplexed_model_id": models[k % len(models)]}) as r:
+                            await r.read()
+                            ok = r.status == 200
+                    except aiohttp.ClientError:
+                        ok = False
+                    if ok:
+                        lat.append(time.perf_counter() - t)
+                    else:
+                        errors += 1
+                    k += workers
+            await asyncio.gather(*(worker(i) for i in range(workers)))
+        q.put((lat, errors))
+
+    asyncio.run(main())
+
+
+def drive(url: str, models: list[str], bodies: list[bytes], clients: int, duration: float) -> dict:
+    procs_n = min(clients, 8)
+    per = [clients // procs_n + (1 if i < clients % procs_n else 0) for i in range(procs_n)]
+    q = mp.get_context("spawn").Queue()
+    procs = [mp.get_context("spawn").Process(target=_client, args=(url, models, bodies, w, duration, q)) for w in per]
+    t = time.time()
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=duration + 120) for _ in procs]
+    for p in procs:
+        p.join(10)
+    wall = time.time() - t - 1.0  # process start
+    lat = [x for r in results for x in r[0]]
+    errors = sum(r[1] for r in results)
+    return {"clients": clients, "models": len(models), "requests": len(lat), "errors": errors,
+            "req_per_s": len(lat) / duration, "p50_ms": _pct(lat, 50) * 1e3, "p99_ms": _pct(lat, 99) * 1e3,
+            "wall_s": wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--onnx", type=Path, required=True)
+    ap.add_argument("--images", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--steps", default="raw,pipeline,server")
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--gateways", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--clients", default="1,8,32,64,128,256")
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--cpu", action="store_true", help="dry run on a machine without a GPU")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    result_path = args.out / "gpu.json"
+    result: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def save() -> None:
+        result_path.write_text(json.dumps(result, indent=1))
+
+    images = [p.read_bytes() for p in sorted(args.images.glob("*.jpg"))]
+    steps = args.steps.split(",")
+    if "raw" in steps:
+        result["raw_ort"] = raw_ort(args.onnx, args.quick)
+        print("raw", json.dumps(result["raw_ort"]), flush=True)
+        save()
+    if "pipeline" in steps:
+        result["pipeline"] = pipeline(args.onnx, images, args.quick)
+        print("pipeline", json.dumps(result["pipeline"]), flush=True)
+        save()
+    if "server" not in steps:
+        return
+    work = Path("/tmp/gpubench")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    ids = write_repository(args.onnx, work / "repo", 16)
+    port = 18000
+    server = start_server(work, work / "repo", port, args.replicas, args.gateways, args.batch, args.cpu)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        deadline = time.time() + 240
+        while True:
+            try:
+                if requests.get(url + "/readiness", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError((work / "serve.log").read_text()[-4000:])
+            time.sleep(2)
+        for mid in ids[:12]:  # warm: load the 12 models once (first load pays CUDA init)
+            for _ in range(2):
+                requests.post(url + "/infer", data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
+        infer = url + "/infer"
+        result["server"] = {"replicas": args.replicas, "gateways": args.gateways, "max_batch": args.batch, "sweep": []}
+        for c in [int(x) for x in args.clients.split(",")]:
+            r = drive(infer, ids[:1], images, c, args.duration)
+            result["server"]["sweep"].append(r)
+            print("sweep", json.dumps(r), flush=True)
+            save()
+        best = max(result["server"]["sweep"], key=lambda r: r["req_per_s"])
+        for n in (3, 12):
+            r = drive(infer, ids[:n], images, best["clients"], args.duration)
+            result["server"][f"spread_{n}"] = r
+            print(f"spread{n}", json.dumps(r), flush=True)
+            save()
+        cold = []
+        for mid in ids[12:16]:  # new model ids; their artifacts go origin -> disk -> object store -> replica
+            t = time.perf_counter()
+            requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
+            cold.append((time.perf_counter() - t) * 1e3)
+        result["server"]["cold_first_request_ms"] = cold
+        reg = requests.get(url + "/model/registry", timeout=30).json()
+        result["server"]["loads"] = [e for m in reg["models"] for e in m.get("loaded_on", [])]
+        save()
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        result["serve_log_tail"] = (work / "serve.log").read_text(errors="replace")[-3000:]
+        save()
+
+
+if __name__ == "__main__":
+    main()
