@@ -34,6 +34,18 @@ class Settings:
     disk_cache_max_bytes: int = 10 * 2**30
     object_store_cache_bytes: int = 2 * 2**30
     max_models_per_replica: int = 8
+    # model memory per replica (see serving/model_cache.py): None = on a GPU, replica_memory_fraction
+    # of the replica's share of the device; on the host, no byte budget (the count cap alone)
+    replica_memory_budget_bytes: int | None = None
+    replica_memory_fraction: float = 0.8
+    model_memory_estimate_factor: float = 2.0  # a model never measured: its artifact bytes x this
+    eviction_protect_recent_s: float = 0.0     # a model used this recently is not evicted for another
+    load_failure_backoff_s: float = 5.0        # a failed load is remembered this long, doubling per failure,
+    load_failure_backoff_max_s: float = 300.0  # up to this
+    metrics_max_model_labels: int = 64         # more distinct models are counted under model="other"
+    hot_model_routing: bool = False            # serving/routing.py's ModelAwareRouter (off: not better measured)
+    hot_model_spill_after_s: float = 1.0       # with it: a request waits this long for a holder before a spill
+    routing_stats_period_s: float = 1.0        # how often Serve asks replicas for their room and busy models
     load_timeout_s: float = 60.0
     request_timeout_s: float = 30.0
     providers: tuple[Any, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")

@@ -24,6 +24,15 @@ def ray_tmp_parent() -> Path | None:
     return ROOT / ".cache"
 
 
+RAY_METRICS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def ray_metrics_url(ray_serve) -> str:
+    """Prometheus text of the node's metrics (Ray's export port), as the session's Ray exports them."""
+    return RAY_METRICS["url"]
+
+
 @pytest.fixture(scope="session")
 def ray_serve():
     """One local Ray instance for the session (2 CPUs), Serve's proxy on a free port."""
@@ -34,8 +43,11 @@ def ray_serve():
     os.environ["RAY_TMPDIR"] = str(tmp)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     port = free_port()
+    metrics_port = free_port()
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # tests read the exported metrics
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, _metrics_export_port=metrics_port)
+    RAY_METRICS["url"] = f"http://127.0.0.1:{metrics_port}/metrics"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield f"http://127.0.0.1:{port}"
@@ -67,7 +79,8 @@ class DeployedApp:
 
 
 def deploy_app(base_url: str, tmp_path: Path, args: dict | None = None, *, replicas: int = 1,
-               model_server_cpus: float = 0.5, env_vars: dict[str, str] | None = None) -> DeployedApp:
+               model_server_cpus: float = 0.5, env_vars: dict[str, str] | None = None,
+               model_server_extra: dict | None = None, gateway_extra: dict | None = None) -> DeployedApp:
     from ray import serve
 
     from serve_app.app import build_application
@@ -78,8 +91,10 @@ def deploy_app(base_url: str, tmp_path: Path, args: dict | None = None, *, repli
     runtime_env = {"env_vars": env_vars} if env_vars else {}
     app = build_application(settings_args, model_server_options={"num_replicas": replicas, "health_check_period_s": 1,
                                                          "ray_actor_options": {"num_cpus": model_server_cpus,
-                                                                               "runtime_env": runtime_env}},
-                    gateway_options={"ray_actor_options": {"num_cpus": 0.1, "runtime_env": runtime_env}})
+                                                                               "runtime_env": runtime_env},
+                                                         **(model_server_extra or {})},
+                    gateway_options={"ray_actor_options": {"num_cpus": 0.1, "runtime_env": runtime_env},
+                                     **(gateway_extra or {})})
     serve.run(app, name="vision", route_prefix="/", blocking=False)
     deployed = DeployedApp(base_url, settings_args, "vision")
     deadline = time.time() + 120

@@ -67,3 +67,39 @@ def solid_jpeg(bgr: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> b
 
 
 RED, GREEN, BLUE = (0, 0, 255), (0, 255, 0), (255, 0, 0)
+
+
+def heavy_classifier(variant: int = 0, megabytes: float = 16, size: int = 32) -> bytes:
+    """:func:`colour_classifier`'s answers from a file of about ``megabytes`` MiB.
+
+    The weight is a ``[rows, 3]`` table that the graph really reads (a ``Gather`` at an index
+    computed from the image, always 0, times 0), so ONNX Runtime can neither fold nor drop it:
+    a loaded session holds it, and the replica's measured memory grows with it (about twice the
+    file on the CPU provider).
+    """
+    rows = max(1, int(megabytes * 2**20) // 12)
+    table = numpy_helper.from_array(np.full((rows, 3), variant * 1e-6, np.float32), "table")
+    weights = numpy_helper.from_array((np.eye(3) * 10).astype(np.float32), "w")
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["means"], axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["means", "w"], ["logits"]),
+        helper.make_node("ReduceMean", ["means"], ["mean"], axes=[1], keepdims=0),
+        helper.make_node("Mul", ["mean", "zero"], ["mean0"]),
+        helper.make_node("Cast", ["mean0"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["row"], axis=0),
+        helper.make_node("Mul", ["row", "zero"], ["row0"]),
+        helper.make_node("Add", ["logits", "row0"], ["biased"]),
+        helper.make_node("Softmax", ["biased"], ["output0"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "heavy_classifier",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[weights, zero, table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="serve_app-tests")
+    model.ir_version = 8
+    for key, value in {"variant": str(variant), "task": "classify", "names": str(dict(enumerate(CLASSES))),
+                       "imgsz": f"[{size}, {size}]"}.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    return model.SerializeToString()

@@ -83,6 +83,12 @@ class ModelRegistryActor:
     def replicas(self) -> dict[str, dict]:
         return dict(self._replicas)
 
+    def ready_replicas(self, max_age_s: float = 30.0) -> list[str]:
+        """Model server replicas that loaded their pinned and preloaded models and reported lately
+        (a replica reports at least every 10 s; one that stopped has died or gone)."""
+        now = time.time()
+        return [rid for rid, s in self._replicas.items() if s.get("ready") and now - s["reported_at"] <= max_age_s]
+
     def ping(self) -> bool:
         return True
 

@@ -1,8 +1,15 @@
-"""The ``ModelServer`` deployment: multiplexed model loading and inference on a replica.
+"""The ``ModelServer`` deployment: a replica's models, inference, and what it tells the router.
 
-The deployment class is made by :func:`model_server_deployment` because Ray Serve fixes the
-per-replica model cap when ``@serve.multiplexed`` decorates the method; the cap comes from the
-settings. Everything else lives in plain classes (loader, loaded model, vision model).
+The replica keeps its models in its own :class:`~serve_app.serving.model_cache.ModelCache`
+(memory-aware LRU, pinning, single-flight loads, remembered failures) instead of Ray Serve's
+``@serve.multiplexed`` LRU, and tells Serve's router which model ids it holds or is loading the
+way ``@serve.multiplexed`` does (:class:`~serve_app.serving.routing.RoutingReport`), so requests
+for a model still go to the replicas that hold it. With ``hot_model_routing`` the deployment uses
+:class:`~serve_app.serving.routing.ModelAwareRouter`, fed by ``ModelServer.record_routing_stats``.
+
+Pinned and preloaded models load (with their warm-up inference) in the replica's constructor:
+Serve sends a replica no traffic before its constructor returns, and the replica reports
+``ready`` to the registry only then.
 """
 from __future__ import annotations
 
@@ -21,34 +28,107 @@ from serve_app.artifacts.actor import artifact_cache_handle
 from serve_app.errors import ArtifactError, InvalidImage, SchemaError
 from serve_app.pipeline.images import load_image, load_image_bytes
 from serve_app.registry.actor import registry_handle
-from serve_app.serving.loaded_model import LoadedModel
 from serve_app.serving.loader import ModelLoader
+from serve_app.serving.memory import default_budget, probe_for, steady_allocator
+from serve_app.serving.metrics import NoMetrics, ReplicaMetrics
+from serve_app.serving.model_cache import Broadcast, CacheEvents, CachePolicy, ModelCache
+from serve_app.serving.routing import (RATES_REPORTED, BusyTime, ModelAwareRouter, RequestRates, RoutingReport,
+                                      routing_stats)
 from serve_app.settings import Settings
 from serve_app.tasks.params import InferenceParams
 
 log = logging.getLogger("serve_app.model_server")
 MAX_IMAGES_PER_REQUEST = 64
+ROUTING_PUSH_INTERVAL_S = 0.1  # as @serve.multiplexed pushes its model ids
+REPORT_INTERVAL_S = 1.0        # last-use times and request counts to the registry
+HEARTBEAT_S = 10.0             # an idle replica still reports this often (the registry ages reports out)
+
+
+class _Notify(CacheEvents):
+    def __init__(self, core: "ModelServerCore") -> None:
+        self._core = core
+
+    def changed(self) -> None:
+        self._core.mark_changed()
 
 
 class ModelServerCore:
     """What a replica does, minus the decorators: fetch artifacts, load, decode, infer, report."""
 
-    def __init__(self, settings_args: dict) -> None:
-        self.settings = Settings(**settings_args)
-        self.registry = registry_handle(self.settings)
-        self.artifacts = artifact_cache_handle(self.settings)
+    def __init__(self, settings_args: dict, metrics_factory: Any = None, routing: RoutingReport | None = None) -> None:
+        self.settings = s = Settings(**settings_args)
+        self.registry = registry_handle(s)
+        self.artifacts = artifact_cache_handle(s)
         try:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # outside a replica (tests of the core)
             self.replica_id = f"local-{os.getpid()}"
-        self.loaded: dict[str, LoadedModel] = {}
-        self.evictions: list[str] = []
-        self.load_log: list[dict] = []
-        self.loader = ModelLoader(self._resolve, self._fetch, self.settings.session_options,
-                                  self.settings.load_timeout_s, on_close=self._on_close)
+        self.loader = ModelLoader(self._resolve, self._fetch, s.session_options)
+        steady_allocator()  # so that host memory measurements see what a model keeps, not heap churn
+        probe = probe_for(s.providers)
+        budget = s.replica_memory_budget_bytes
+        if budget is None:
+            budget = default_budget(probe, s.replica_memory_fraction, _gpu_share())
+        policy = CachePolicy(max_models=s.max_models_per_replica, budget_bytes=budget,
+                             estimate_factor=s.model_memory_estimate_factor, load_timeout_s=s.load_timeout_s,
+                             backoff_s=s.load_failure_backoff_s, backoff_max_s=s.load_failure_backoff_max_s,
+                             protect_recent_s=s.eviction_protect_recent_s)
+        self.metrics = (ReplicaMetrics(metrics_factory, s.metrics_max_model_labels, s.pinned) if metrics_factory
+                        else NoMetrics())
+        self.cache = ModelCache(self.loader, policy, probe=probe, events=Broadcast(self.metrics, _Notify(self)))
+        self.metrics.attach(self.cache)
+        self.routing = routing or RoutingReport()
+        self.rates = RequestRates()
+        self.busy = BusyTime(clock=time.perf_counter)
+        self.ready = False
+        self._routing_dirty = True
+        self._report_due = 0.0
+        self._background: asyncio.Task | None = None
         # one inference at a time per replica: ONNX Runtime already uses every core it is given
         self.infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        log.info("replica %s: models measured on the %s, budget %s, at most %d models", self.replica_id, probe.device,
+                 f"{budget / 2**20:.0f} MiB" if budget else "none (count cap only)", s.max_models_per_replica)
 
+    # -- start-up ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Pinned and preloaded models, loaded and warmed; then the replica is ready.
+
+        A pinned model that cannot load fails the replica's start (Serve retries it and reports the
+        deployment unhealthy): the configuration promised it. A preloaded one is only logged.
+        """
+        self._background = asyncio.get_running_loop().create_task(self._keep_reporting(), name="replica reports")
+        wanted = list(dict.fromkeys([*self.settings.pinned, *self.settings.preload]))
+        if wanted:
+            started = time.perf_counter()
+            resolved = await asyncio.gather(*(self._canonical(m) for m in wanted), return_exceptions=True)
+            canonical, pinned = [], set()
+            for asked, got in zip(wanted, resolved):
+                if isinstance(got, BaseException):
+                    if asked in self.settings.pinned:
+                        raise got
+                    log.warning("preloaded model %s is unknown: %s", asked, got)
+                    continue
+                canonical.append(got)
+                if asked in self.settings.pinned:
+                    pinned.add(got)
+                    self.cache.pin(got)
+                    self.metrics.labels(got)  # pinned models keep a metrics label of their own
+            results = await asyncio.gather(*(self.cache.preload(c, pin=c in pinned) for c in canonical),
+                                           return_exceptions=True)
+            for model_id, result in zip(canonical, results):
+                if isinstance(result, BaseException):
+                    if model_id in pinned:
+                        raise result
+                    log.warning("preloaded model %s did not load: %s", model_id, result)
+            log.info("replica %s: %d pinned/preloaded model(s) ready in %.1f s", self.replica_id,
+                     len(canonical), time.perf_counter() - started)
+        self.ready = True
+        self.mark_changed()
+
+    async def _canonical(self, model_id: str) -> str:
+        return (await self._resolve(model_id))["model_id"]
+
+    # -- the tiers ----------------------------------------------------------------------------------
     async def _resolve(self, model_id: str) -> dict:
         return await self.registry.resolve.remote(model_id)
 
@@ -63,26 +143,11 @@ class ModelServerCore:
                 log.warning("artifact objects were lost (cache actor restarted?); asking again")
         raise ArtifactError("artifact objects were lost twice in a row; retry", retry_after=2)
 
-    async def load(self, model_id: str) -> LoadedModel:
-        loaded = await self.loader.load(model_id)
-        self.loaded[model_id] = loaded
-        self.load_log.append({"model_id": model_id, "tier": loaded.tier, "seconds": round(loaded.load_seconds, 4)})
-        self._report()
-        return loaded
-
-    def _on_close(self, model: LoadedModel) -> None:
-        if self.loaded.get(model.model_id) is model:
-            del self.loaded[model.model_id]
-        self.evictions.append(model.model_id)
-        log.info("model %s evicted from replica %s", model.model_id, self.replica_id)
-        self._report()
-
-    def _report(self) -> None:
-        state = {"models": {m: {"loaded_at": lm.loaded_at, "last_used": lm.last_used, "tier": lm.tier,
-                                "load_seconds": lm.load_seconds, "requests": lm.requests}
-                            for m, lm in self.loaded.items()},
-                 "evictions": self.evictions[-100:], "loads": self.load_log[-100:], "pid": os.getpid()}
-        self.registry.report_replica.remote(self.replica_id, state)
+    # -- requests ----------------------------------------------------------------------------------
+    async def load(self, model_id: str) -> dict:
+        async with self.cache.lease(model_id) as loaded:
+            return {"replica": self.replica_id, "model_id": loaded.model_id, "tier": loaded.tier,
+                    "memory_bytes": loaded.memory_bytes}
 
     def decode_images(self, request: dict) -> list[np.ndarray]:
         params = request.get("params") or {}
@@ -107,47 +172,138 @@ class ModelServerCore:
                 raise type(exc)(f"image {i}: {exc.message}" if len(images) > 1 else exc.message) from None
         return out
 
-    async def infer(self, model: LoadedModel, request: dict) -> dict:
-        started = time.perf_counter()
-        params = InferenceParams.from_request(request.get("params") or {})
-        images = await asyncio.to_thread(self.decode_images, request)
-        decoded = time.perf_counter()
-        with model.use() as vision_model:
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self.infer_pool, vision_model.predict, images, params)
-            timings = dict(vision_model.timings)
-        timings["decode"] = decoded - started
-        return {"results": results, "replica": self.replica_id, "timings": timings}
+    async def infer(self, model_id: str, request: dict) -> dict:
+        received = time.perf_counter()
+        stages: dict[str, float] = {}
+        ok = False
+        self.rates.add(model_id)
+        try:
+            params = InferenceParams.from_request(request.get("params") or {})
+            images = await asyncio.to_thread(self.decode_images, request)
+            decoded = time.perf_counter()
+            stages["decode"] = decoded - received
+            held = model_id in self.cache
+            loaded = await self.cache.acquire(model_id)
+            queued = time.perf_counter()
+            if not held:
+                stages["load_wait"] = queued - decoded
+            try:
+                def run() -> tuple[list[dict], dict[str, float], float, float]:
+                    started = time.perf_counter()
+                    results = loaded.model.predict(images, params)
+                    return results, dict(loaded.model.timings), started, time.perf_counter()
+
+                loop = asyncio.get_running_loop()
+                results, timings, run_started, run_ended = await loop.run_in_executor(self.infer_pool, run)
+                self.busy.add(run_started, run_ended)
+            finally:
+                loaded.release()
+            stages["queue"] = run_started - queued
+            stages.update(timings)
+            ok = True
+            self._report_due = self._report_due or time.monotonic() + REPORT_INTERVAL_S
+            return {"results": results, "replica": self.replica_id, "timings": stages}
+        finally:
+            stages["total"] = time.perf_counter() - received
+            self.metrics.request(model_id, ok, stages)
+
+    # -- what it tells others --------------------------------------------------------------------------
+    def mark_changed(self) -> None:
+        """The models held or loading changed: tell the router and the registry soon."""
+        self._routing_dirty = True
+        self._report_due = time.monotonic()
+
+    async def _keep_reporting(self) -> None:
+        last_report = 0.0
+        while True:
+            try:
+                if self._routing_dirty:
+                    self._routing_dirty = False
+                    self.routing.push(self.cache.model_ids())
+                now = time.monotonic()
+                if (self._report_due and now >= self._report_due) or now - last_report >= HEARTBEAT_S:
+                    self._report_due = 0.0
+                    last_report = now
+                    self._report()
+            except Exception:
+                log.exception("replica reporting failed")
+            await asyncio.sleep(ROUTING_PUSH_INTERVAL_S)
+
+    def state(self) -> dict:
+        """What the registry keeps for ``GET /model/registry``: per model, its memory, last use, tier."""
+        cache = self.cache.describe()
+        models = {m: {"loaded_at": info["loaded_at"], "last_used": info["last_used"], "tier": info["tier"],
+                      "load_seconds": info["load_seconds"], "requests": info["requests"],
+                      "memory_bytes": info["memory_bytes"], "pinned": info["pinned"]}
+                  for m, info in cache["models"].items()}
+        return {"models": models, "ready": self.ready, "pid": os.getpid(),
+                "evictions": [e["model_id"] for e in self.cache.evictions[-100:]],
+                "loads": [{k: e[k] for k in ("model_id", "tier", "seconds", "memory_bytes", "started", "finished")}
+                          for e in self.cache.loads[-100:]],
+                "memory": {k: cache[k] for k in ("device", "budget_bytes", "used_bytes", "reserved_bytes",
+                                                 "max_models")},
+                "loading": cache["loading"], "failures": cache["failures"], "stats": cache["stats"]}
+
+    def _report(self) -> None:
+        self.registry.report_replica.remote(self.replica_id, self.state())
+
+    def routing_stats(self) -> dict:
+        return routing_stats(self.cache.describe(), self.rates.top(RATES_REPORTED), self.busy.utilization())
 
     def describe(self) -> dict:
-        return {"replica": self.replica_id, "loaded": list(self.loaded), "evictions": list(self.evictions)}
+        return {"replica": self.replica_id, "ready": self.ready, "loaded": list(self.cache.held()),
+                "evictions": [e["model_id"] for e in self.cache.evictions], **self.cache.describe()}
+
+
+def _gpu_share() -> float:
+    """The fraction of a GPU this replica was given (``num_gpus``); 1.0 when Ray gave none."""
+    try:
+        share = ray.get_runtime_context().get_assigned_resources().get("GPU")
+    except Exception:
+        share = None
+    return float(share) if share else 1.0
+
+
+@serve.deployment(name="ModelServer")
+class ModelServer:
+    async def __init__(self, settings_args: dict) -> None:
+        from ray.serve import metrics
+
+        logging.basicConfig(level=logging.INFO)
+        self.core = ModelServerCore(settings_args, metrics_factory=metrics)
+        await self.core.start()  # pinned and preloaded models, warmed, before any traffic
+
+    async def infer(self, request: dict) -> dict:
+        return await self.core.infer(serve.get_multiplexed_model_id(), request)
+
+    async def load(self) -> dict:
+        return await self.core.load(serve.get_multiplexed_model_id())
+
+    async def describe(self) -> dict:
+        return self.core.describe()
+
+    async def record_routing_stats(self) -> dict:
+        """Room for another model and the busiest models, for :class:`ModelAwareRouter`."""
+        return self.core.routing_stats()
+
+    async def check_health(self) -> None:
+        task = self.core._background
+        if task is not None and task.done():
+            raise RuntimeError("the replica's reporting task stopped")
 
 
 def model_server_deployment(settings: Settings):
-    """The ``ModelServer`` deployment class with the model cap from the settings."""
+    """The ``ModelServer`` deployment, with :class:`ModelAwareRouter` when ``hot_model_routing`` is on.
 
-    @serve.deployment(name="ModelServer")
-    class ModelServer:
-        def __init__(self, settings_args: dict) -> None:
-            logging.basicConfig(level=logging.INFO)
-            self.core = ModelServerCore(settings_args)
+    (The model cap used to be fixed here, in ``@serve.multiplexed``; the replica's own cache now
+    reads it, and every other limit, from the settings.)
+    """
+    if not settings.hot_model_routing:
+        return ModelServer
+    from ray.serve.config import RequestRouterConfig
 
-        @serve.multiplexed(max_num_models_per_replica=settings.max_models_per_replica)
-        async def get_model(self, model_id: str) -> LoadedModel:
-            return await self.core.load(model_id)
-
-        async def infer(self, request: dict) -> dict:
-            model = await self.get_model(serve.get_multiplexed_model_id())
-            return await self.core.infer(model, request)
-
-        async def load(self) -> dict:
-            model = await self.get_model(serve.get_multiplexed_model_id())
-            return {"replica": self.core.replica_id, "model_id": model.model_id, "tier": model.tier}
-
-        async def describe(self) -> dict:
-            return self.core.describe()
-
-        async def check_health(self) -> None:
-            pass
-
-    return ModelServer
+    return ModelServer.options(request_router_config=RequestRouterConfig(
+        request_router_class=ModelAwareRouter,
+        request_router_kwargs={"spill_after_s": settings.hot_model_spill_after_s},
+        request_routing_stats_period_s=settings.routing_stats_period_s,
+        request_routing_stats_timeout_s=max(1.0, settings.routing_stats_period_s)))
