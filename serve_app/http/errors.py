@@ -32,8 +32,10 @@ class NotSupported(ServeAppError):
 
 def unwrap(exc: BaseException) -> BaseException:
     """Ray wraps exceptions raised in a replica or actor; find ours underneath."""
+    # Ray's wrapper subclasses our error class but loses instance fields (retry_after): prefer its cause
     seen = 0
-    while seen < 5 and not isinstance(exc, ServeAppError) and getattr(exc, "cause", None) is not None:
+    while seen < 5 and getattr(exc, "cause", None) is not None and (
+            not isinstance(exc, ServeAppError) or isinstance(exc.cause, ServeAppError)):
         exc = exc.cause  # type: ignore[assignment]
         seen += 1
     return exc

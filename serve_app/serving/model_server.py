@@ -28,6 +28,7 @@ from serve_app.artifacts.actor import artifact_cache_handle
 from serve_app.errors import ArtifactError, InvalidImage, SchemaError
 from serve_app.pipeline.images import load_image, load_image_bytes
 from serve_app.registry.actor import registry_handle
+from serve_app.serving.batcher import TensorBatcher
 from serve_app.serving.loader import ModelLoader
 from serve_app.serving.memory import default_budget, probe_for, steady_allocator
 from serve_app.serving.metrics import NoMetrics, ReplicaMetrics
@@ -188,13 +189,26 @@ class ModelServerCore:
             if not held:
                 stages["load_wait"] = queued - decoded
             try:
-                def run() -> tuple[list[dict], dict[str, float], float, float]:
-                    started = time.perf_counter()
-                    results = loaded.model.predict(images, params)
-                    return results, dict(loaded.model.timings), started, time.perf_counter()
-
+                model = loaded.model
                 loop = asyncio.get_running_loop()
-                results, timings, run_started, run_ended = await loop.run_in_executor(self.infer_pool, run)
+                if model.batchable and self.settings.max_batch_size > 1:
+                    # prepare in parallel threads, run stacked with other requests, decode in parallel
+                    t0 = time.perf_counter()
+                    tensor, transforms = await asyncio.to_thread(model.prepare, images, params)
+                    run_started = time.perf_counter()
+                    outputs = await self._batcher(loaded).submit(tensor)
+                    run_ended = time.perf_counter()
+                    results = await asyncio.to_thread(model.decode, outputs, transforms, params, images)
+                    timings = {"preprocess": run_started - t0, "inference": run_ended - run_started,
+                               "postprocess": time.perf_counter() - run_ended}
+                    run_started = t0
+                else:
+                    def run() -> tuple[list[dict], dict[str, float], float, float]:
+                        started = time.perf_counter()
+                        results = model.predict(images, params)
+                        return results, dict(model.timings), started, time.perf_counter()
+
+                    results, timings, run_started, run_ended = await loop.run_in_executor(self.infer_pool, run)
                 self.busy.add(run_started, run_ended)
             finally:
                 loaded.release()
@@ -206,6 +220,15 @@ class ModelServerCore:
         finally:
             stages["total"] = time.perf_counter() - received
             self.metrics.request(model_id, ok, stages)
+
+    def _batcher(self, loaded: Any) -> TensorBatcher:
+        """The model's batcher, made on first use and dropped with the loaded model."""
+        batcher = getattr(loaded, "batcher", None)
+        if batcher is None:
+            batcher = TensorBatcher(loaded.model.run, self.settings.max_batch_size, self.settings.batch_wait_timeout_s,
+                                    self.infer_pool)
+            loaded.batcher = batcher
+        return batcher
 
     # -- what it tells others --------------------------------------------------------------------------
     def mark_changed(self) -> None:
