@@ -36,7 +36,8 @@ def test_concurrent_requests_are_batched_and_split_back():
         return tensors
 
     tensors = asyncio.run(main())
-    assert sum(run.calls) == sum(len(t) for t in tensors)
+    assert sum(run.calls) >= sum(len(t) for t in tensors)
+    assert all(c & (c - 1) == 0 for c in run.calls)  # batches padded to power-of-two buckets
     assert len(run.calls) < len(tensors)  # fewer session calls than requests
     assert max(run.calls) <= 16
 
@@ -49,7 +50,7 @@ def test_max_batch_is_respected():
         await asyncio.gather(*(batcher.submit(np.ones((1, 1, 1))) for _ in range(10)))
 
     asyncio.run(main())
-    assert max(run.calls) <= 4 and sum(run.calls) == 10
+    assert max(run.calls) <= 4 and sum(run.calls) >= 10
 
 
 def test_an_error_reaches_every_request_of_its_batch_and_the_batcher_goes_on():

@@ -44,6 +44,10 @@ def _resolve_providers(wanted: tuple[Any, ...], tensorrt_cache_dir: str | None =
         if name not in available:
             skipped.append(name)
             continue
+        if name == "CUDAExecutionProvider":
+            # cuDNN's exhaustive search costs ~0.7 s per new input shape (measured on an H200), and
+            # batches of changing size bring new shapes: pick algorithms by heuristic instead
+            opts = {"cudnn_conv_algo_search": "HEURISTIC", **(opts or {})}
         if name == "TensorrtExecutionProvider" and tensorrt_cache_dir:
             # engines take minutes to build: keep them on disk, keyed by model and shapes
             opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": tensorrt_cache_dir,

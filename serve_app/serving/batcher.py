@@ -64,6 +64,7 @@ class TensorBatcher:
                 batch.append(item)
                 images += len(item.tensor)
             tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([b.tensor for b in batch])
+            tensor = pad_to_bucket(tensor, self._max_batch)
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run, tensor)
             except BaseException as exc:  # every waiter of this batch gets the error
@@ -81,3 +82,20 @@ class TensorBatcher:
 
     def _images_queued(self) -> int:
         return sum(len(p.tensor) for p in self._queue)
+
+
+def pad_to_bucket(tensor: np.ndarray, max_batch: int) -> np.ndarray:
+    """Pad the batch with zero images up to the next power of two (at most ``max_batch``).
+
+    Every new input shape costs the runtime a setup (cuDNN picks kernels per shape), so a few
+    bucket sizes beat one shape per batch size; the padded rows' outputs are ignored.
+
+    >>> pad_to_bucket(np.ones((5, 1)), 32).shape, pad_to_bucket(np.ones((5, 1)), 6).shape
+    ((8, 1), (6, 1))
+    """
+    n = len(tensor)
+    bucket = min(1 << (n - 1).bit_length(), max(max_batch, n))
+    if bucket == n:
+        return tensor
+    pad = np.zeros((bucket - n, *tensor.shape[1:]), tensor.dtype)
+    return np.concatenate([tensor, pad])
