@@ -33,6 +33,7 @@ class SessionOptions:
     tensorrt_cache_dir: str | None = None
     uint8_input: bool = True  # feed uint8 pixels; cast and scale run inside the session
     io_binding: bool = False  # bind inputs/outputs explicitly (pays on CUDA, not on CPU)
+    allow_spinning: bool = False  # ORT's idle threads busy-wait by default, stealing the cores the proxy needs
 
 
 def _resolve_providers(wanted: tuple[Any, ...], tensorrt_cache_dir: str | None = None) -> tuple[list[Any], list[str]]:
@@ -79,6 +80,9 @@ class OnnxSession:
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
+        if not options.allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,

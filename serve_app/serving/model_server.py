@@ -191,7 +191,9 @@ class ModelServerCore:
             try:
                 model = loaded.model
                 loop = asyncio.get_running_loop()
-                if model.batchable and self.settings.max_batch_size > 1:
+                # batching pays on an accelerator; on the CPU one session call already uses every core
+                on_cpu = not model.providers or model.providers[0] == "CPUExecutionProvider"
+                if model.batchable and self.settings.max_batch_size > 1 and not on_cpu:
                     # prepare in parallel threads, run stacked with other requests, decode in parallel
                     t0 = time.perf_counter()
                     tensor, transforms = await asyncio.to_thread(model.prepare, images, params)
