@@ -215,3 +215,16 @@ def write_result(name: str, doc: dict, opts: Options, ratios: Callable[[dict], d
     path.write_text(json.dumps(doc, indent=1))
     log(f"wrote {path.relative_to(layout.ROOT) if path.is_relative_to(layout.ROOT) else path}")
     return path
+
+
+def start_document(workload: str, opts: Options) -> dict[str, Any]:
+    """A result document for ``workload``, warning (in it and on stderr) when the machine is busy."""
+    from benchmarks.servers import log
+
+    log(f"== {workload}")
+    doc: dict[str, Any] = {"meta": metadata(workload, opts), "contenders": {}}
+    warning = check_quiet(opts)
+    if warning:
+        log(f"WARNING: {warning}")
+        doc["meta"]["warning"] = warning
+    return doc

@@ -21,19 +21,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks import layout, models
-from benchmarks.context import Options, check_quiet, metadata, running, targets_of, warm, write_result
+from benchmarks.context import Options, start_document, check_quiet, metadata, running, targets_of, warm, write_result
 from benchmarks.servers import ThrottledOrigin, first_request, log, memory
 from benchmarks.stats import median, ratio
 
 
-def _start(workload: str, opts: Options) -> dict[str, Any]:
-    log(f"== {workload}")
-    doc: dict[str, Any] = {"meta": metadata(workload, opts), "contenders": {}}
-    warning = check_quiet(opts)
-    if warning:
-        log(f"WARNING: {warning}")
-        doc["meta"]["warning"] = warning
-    return doc
 
 
 def _timed(target, model_ids: list[str], opts: Options) -> list[dict]:
@@ -71,7 +63,7 @@ def _tier_summary(samples: list[dict], steady_ms: float, log_lines: list[dict] |
 
 
 def coldstart(opts: Options) -> dict:
-    doc = _start("coldstart", opts)
+    doc = start_document("coldstart", opts)
     n = opts.samples
     disk_ids = [layout.model_id(1 + i) for i in range(n)]
     if "floor" in opts.contenders:
@@ -180,7 +172,7 @@ def _get(d: Any, *keys: str) -> Any:
 
 # -- memory per loaded model --------------------------------------------------------------------
 def memory_workload(opts: Options) -> dict:
-    doc = _start("memory", opts)
+    doc = start_document("memory", opts)
     count = 2 * opts.cap
     if "floor" in opts.contenders:
         out = subprocess.run([str(layout.VENV_PYTHON), "-m", "benchmarks.floor", "memory", "--models", str(opts.cap)],

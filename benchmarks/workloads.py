@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import floor, layout
-from benchmarks.context import Options, check_quiet, metadata, plan, running, targets_of, warm, write_result
+from benchmarks.context import Options, start_document, check_quiet, metadata, plan, running, targets_of, warm, write_result
 from benchmarks.loadgen import RunResult, run_clients, split_sequence
 from benchmarks.servers import log
 from benchmarks.stats import lru_misses, ratio, round_robin, summarize, zipf
@@ -40,14 +40,6 @@ def _summary(result: RunResult, *, raw: bool = False) -> dict[str, Any]:
     return out
 
 
-def _start(workload: str, opts: Options) -> dict[str, Any]:
-    log(f"== {workload}")
-    doc: dict[str, Any] = {"meta": metadata(workload, opts), "contenders": {}}
-    warning = check_quiet(opts)
-    if warning:
-        log(f"WARNING: {warning}")
-        doc["meta"]["warning"] = warning
-    return doc
 
 
 def _floor(opts: Options, requests: int) -> dict:
@@ -58,7 +50,7 @@ def _floor(opts: Options, requests: int) -> dict:
 
 # -- sequential ---------------------------------------------------------------------------------
 def sequential(opts: Options) -> dict:
-    doc = _start("sequential", opts)
+    doc = start_document("sequential", opts)
     if "floor" in opts.contenders:
         doc["floor"] = _floor(opts, opts.requests)
         log("  floor: bare session.run under each venv's onnxruntime")
@@ -94,7 +86,7 @@ def sequential_ratios(doc: dict) -> dict:
 
 # -- concurrency sweep (closed loop) ------------------------------------------------------------
 def concurrency(opts: Options) -> dict:
-    doc = _start("concurrency", opts)
+    doc = start_document("concurrency", opts)
     if "floor" in opts.contenders:
         doc["floor"] = _floor(opts, min(opts.requests, 100))
     mid = (layout.model_id(0),)
@@ -134,7 +126,7 @@ def concurrency_ratios(doc: dict) -> dict:
 
 # -- offered load (open loop) -------------------------------------------------------------------
 def offered(opts: Options) -> dict:
-    doc = _start("offered", opts)
+    doc = start_document("offered", opts)
     mid = (layout.model_id(0),)
     clients = max(opts.clients)
     for kind in opts.servers():
@@ -175,7 +167,7 @@ def switching_sequence(pattern: str, models: int, count: int, opts: Options) -> 
 
 
 def switching(opts: Options) -> dict:
-    doc = _start("switching", opts)
+    doc = start_document("switching", opts)
     doc["runs"] = {}
     combos = [(p, m, c) for p in opts.patterns for m in opts.models for c in opts.switch_clients]
     for models in opts.models:

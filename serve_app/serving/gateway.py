@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from serve_app.artifacts.actor import artifact_cache_handle
 from serve_app.errors import SchemaError
 from serve_app.http.auth import ApiKey
-from serve_app.http.errors import (EXCEPTION_HANDLERS, MethodNotAllowed, NotSupported, RouteNotFound, as_serve_error,
+from serve_app.http.errors import (EXCEPTION_HANDLERS, MethodNotAllowed, RouteNotFound, as_serve_error,
                                    error_response)
 from serve_app.http.parsing import MODEL_ID_HEADER, is_json, media_type, multipart_file, parse_json, read_body
 from serve_app.http.roboflow import (ROUTE_OF_TASK, TASK_ROUTES, InferRequest, client_registry, finish_results,
@@ -80,6 +80,28 @@ class GatewayCore:
     async def load(self, model_id: str) -> dict:
         manifest = await self.resolve(model_id)
         return await self.model_server.options(multiplexed_model_id=manifest.model_id).load.remote()
+
+    async def unload_all(self) -> int:
+        """Unload every loaded model from every replica that holds it (Roboflow's ``/model/clear``).
+
+        A call routed with a model's id reaches a replica holding it; each replica that held it
+        answers ``unloaded`` once, so calling until one answers ``False`` reaches them all.
+        """
+        view = await self.registry_view()
+        canonical = {m["model_id"] for m in view["available"]}
+        unloaded = 0
+        for entry in view["models"]:
+            model_id = entry["model_id"]
+            if model_id not in canonical:  # an alias entry: its target is in the list too
+                continue
+            handle = self.model_server.options(multiplexed_model_id=model_id)
+            for _ in range(len(entry.get("loaded_on", [])) + 1):
+                answer = await handle.unload.remote()
+                if not answer["unloaded"]:
+                    break
+                unloaded += 1
+        log.info("/model/clear unloaded %d model copies", unloaded)
+        return unloaded
 
     async def registry_view(self) -> dict:
         models, replicas, aliases = await asyncio.gather(self.registry.list_models.remote(),
@@ -264,8 +286,8 @@ class Gateway:
     async def handle_clear(self, request: Request) -> Any:
         try:
             self._authorize(request)
-            raise NotSupported("this server cannot unload models on request yet: replicas keep the most recently "
-                               f"used {self.settings.max_models_per_replica} models each and evict the rest")
+            await self.core.unload_all()
+            return JSONResponse(client_registry(await self.core.registry_view()))
         except Exception as exc:
             return error_response(exc)
 

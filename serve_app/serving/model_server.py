@@ -307,6 +307,11 @@ class ModelServer:
     async def describe(self) -> dict:
         return self.core.describe()
 
+    async def unload(self) -> dict:
+        """Unload the model this call was routed for (``multiplexed_model_id``) from this replica."""
+        model_id = serve.get_multiplexed_model_id()
+        return {"replica": self.core.replica_id, "model_id": model_id, "unloaded": self.core.cache.evict(model_id)}
+
     async def record_routing_stats(self) -> dict:
         """Room for another model and the busiest models, for :class:`ModelAwareRouter`."""
         return self.core.routing_stats()
