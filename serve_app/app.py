@@ -21,4 +21,6 @@ def build_application(args: dict[str, Any] | None = None, *, model_server_option
     settings = Settings.from_args(args)
     settings_args = settings.to_args()
     model_server = model_server_deployment(settings).options(**(model_server_options or {})).bind(settings_args)
+    if settings.direct_ingress:
+        return model_server
     return Gateway.options(**(gateway_options or {})).bind(model_server, settings_args)

@@ -47,6 +47,7 @@ class Settings:
     hot_model_spill_after_s: float = 1.0       # with it: a request waits this long for a holder before a spill
     routing_stats_period_s: float = 1.0        # how often Serve asks replicas for their room and busy models
     load_timeout_s: float = 60.0
+    direct_ingress: bool = False  # ModelServer as the HTTP ingress (no Gateway): measured, not the default
     request_timeout_s: float = 30.0
     providers: tuple[Any, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     intra_op_threads: int = 0

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -300,6 +301,30 @@ class ModelServer:
 
     async def infer(self, request: dict) -> dict:
         return await self.core.infer(serve.get_multiplexed_model_id(), request)
+
+    async def __call__(self, request: Any) -> Any:
+        """Direct ingress (``direct_ingress: true``): Serve's proxy routes the model-id header straight
+        here, one hop less than through the Gateway. Raw image body only; the id is resolved here,
+        so an alias is routed by its own name (see the README's note on the measurement)."""
+        from starlette.responses import JSONResponse
+
+        from serve_app.errors import SchemaError
+        from serve_app.http.errors import error_response
+        from serve_app.registry.manifest import validate_model_id
+
+        started = time.perf_counter()
+        try:
+            model_ref = serve.get_multiplexed_model_id() or request.headers.get("serve_multiplexed_model_id")
+            if not model_ref:
+                raise SchemaError("send the model id in the 'serve_multiplexed_model_id' header")
+            model_id = await self.core._canonical(validate_model_id(model_ref))
+            out = await self.core.infer(model_id, {"body": await request.body(), "params": dict(request.query_params),
+                                                   "content_type": request.headers.get("content-type")})
+        except Exception as exc:
+            return error_response(exc)
+        result = out["results"][0]
+        result.update(inference_id=str(uuid.uuid4()), time=time.perf_counter() - started)
+        return JSONResponse(result, headers={"X-Replica": out["replica"], "X-Model-Id": model_id})
 
     async def load(self) -> dict:
         return await self.core.load(serve.get_multiplexed_model_id())
