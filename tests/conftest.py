@@ -80,7 +80,8 @@ class DeployedApp:
 
 def deploy_app(base_url: str, tmp_path: Path, args: dict | None = None, *, replicas: int = 1,
                model_server_cpus: float = 0.5, env_vars: dict[str, str] | None = None,
-               model_server_extra: dict | None = None, gateway_extra: dict | None = None) -> DeployedApp:
+               model_server_extra: dict | None = None, gateway_extra: dict | None = None,
+               ready_path: str | None = "/readiness") -> DeployedApp:
     from ray import serve
 
     from serve_app.app import build_application
@@ -97,10 +98,12 @@ def deploy_app(base_url: str, tmp_path: Path, args: dict | None = None, *, repli
                                      **(gateway_extra or {})})
     serve.run(app, name="vision", route_prefix="/", blocking=False)
     deployed = DeployedApp(base_url, settings_args, "vision")
+    if ready_path is None:  # serve.run has waited for the deployments; nothing more to ask
+        return deployed
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            if deployed.get("/readiness", timeout=5).status_code == 200:
+            if deployed.get(ready_path, timeout=5).status_code == 200:
                 return deployed
         except requests.RequestException:
             pass
