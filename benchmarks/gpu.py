@@ -256,6 +256,7 @@ def main() -> None:
                 requests.post(url + "/infer", data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
         infer = url + "/infer"
         result["server"] = {"replicas": args.replicas, "gateways": args.gateways, "max_batch": args.batch, "sweep": []}
+        (work / "sweep_started").touch()  # a profiler run beside the benchmark waits for this
         for c in [int(x) for x in args.clients.split(",")]:
             r = drive(infer, ids[:1], images, c, args.duration)
             result["server"]["sweep"].append(r)

@@ -15,6 +15,13 @@ from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# CI runs the property tests on a fixed set of examples (reproducible); locally they explore
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("ci")
+
 
 def ray_tmp_parent() -> Path | None:
     """Ray's files inside the work tree, unless its path would push Ray's socket paths past 107 bytes."""

@@ -238,7 +238,8 @@ class Gateway:
             options = DrawOptions(labels=req.visualization.labels, stroke=req.visualization.stroke)
             skeleton = manifest.keypoints.skeleton if manifest.keypoints else ()
             pictures = await asyncio.to_thread(render, originals, results, manifest.class_colors, skeleton, options)
-        headers = {"X-Replica": out["replica"], "X-Model-Id": manifest.model_id}
+        headers = {"X-Replica": out["replica"], "X-Model-Id": manifest.model_id,
+                   "Server-Timing": server_timing(out.get("timings") or {}, time.perf_counter() - started)}
         if req.response_format == "image" and pictures:
             return Response(pictures[0], media_type="image/jpeg", headers=headers)
         bodies = finish_results(results, inference_id=req.inference_id, elapsed=time.perf_counter() - started,
@@ -309,6 +310,13 @@ class Gateway:
             return JSONResponse({"name": "serve_app", "version": __version__, "uuid": self.instance_id})
         except Exception as exc:
             return error_response(exc)
+
+
+def server_timing(stages: dict[str, float], gateway_total_s: float) -> str:
+    """The replica's stages and the gateway's total as a ``Server-Timing`` header (milliseconds)."""
+    parts = [f"{name};dur={seconds * 1e3:.2f}" for name, seconds in stages.items()]
+    parts.append(f"gateway;dur={gateway_total_s * 1e3:.2f}")
+    return ", ".join(parts)
 
 
 def with_loaded(view: dict, loaded: dict) -> dict:

@@ -18,7 +18,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     """
     if len(boxes) == 0:
         return np.empty(0, dtype=np.int64)
-    boxes = np.asarray(boxes, dtype=np.float32)
+    boxes = np.asarray(boxes, dtype=np.float64)  # float64: class offsets (x 7680) must not cost precision
     x0, y0, x1, y1 = boxes.T
     areas = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
     order = np.argsort(-np.asarray(scores), kind="stable")
@@ -43,5 +43,5 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, io
     """NMS within each class (boxes of different classes never suppress each other) unless agnostic."""
     if class_agnostic or len(boxes) == 0:
         return nms(boxes, scores, iou_threshold)
-    offsets = np.asarray(class_ids, dtype=np.float32)[:, None] * MAX_WH
-    return nms(np.asarray(boxes, np.float32) + offsets, scores, iou_threshold)
+    offsets = np.asarray(class_ids, dtype=np.float64)[:, None] * MAX_WH
+    return nms(np.asarray(boxes, np.float64) + offsets, scores, iou_threshold)
