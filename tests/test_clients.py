@@ -147,7 +147,11 @@ def test_sdk_against_the_colour_classifier_v1_header_transport_and_v0(app):
     tops = [r["top"] for r in c.infer([cv2.imdecode(np.frombuffer(solid_jpeg(col), np.uint8), cv2.IMREAD_COLOR)
                                        for col in (RED, GREEN, BLUE)], model_id="colour/1")]
     assert tops == ["red", "green", "blue"]
+    deadline = time.time() + 5  # replicas report what they hold within about a second, without blocking requests
     listed = {m.model_id: m for m in c.list_loaded_models().models}
+    while "colour/1" not in listed and time.time() < deadline:
+        time.sleep(0.2)
+        listed = {m.model_id: m for m in c.list_loaded_models().models}
     assert listed["colour/1"].task_type == "classification" and listed["colour/1"].input_width == 32
     v0 = client(app).select_api_v0()  # the legacy /{dataset}/{version} route, key in the query
     image = cv2.imdecode(np.frombuffer(solid_jpeg(GREEN), np.uint8), cv2.IMREAD_COLOR)

@@ -86,5 +86,11 @@ def test_every_builtin_model_answers(served):
     text = np.full((120, 520, 3), 255, np.uint8)
     cv2.putText(text, "HELLO 2026", (20, 80), cv2.FONT_HERSHEY_DUPLEX, 2.0, (0, 0, 0), 4, cv2.LINE_AA)
     assert _post(served, "ocr/1", text)["result"] == "HELLO 2026"
-    registry = requests.get(served + "/model/registry", timeout=30).json()
-    assert {m["model_id"] for m in registry["models"]} >= {"shapes-det/1", "ocr/1", "shapes-cls/1"}
+    wanted = {"shapes-det/1", "ocr/1", "shapes-cls/1"}
+    deadline = time.time() + 10  # replicas report what they hold within about a second
+    while True:
+        registry = requests.get(served + "/model/registry", timeout=30).json()
+        if {m["model_id"] for m in registry["models"]} >= wanted or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert {m["model_id"] for m in registry["models"]} >= wanted

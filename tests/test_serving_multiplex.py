@@ -40,7 +40,7 @@ def infer(app: DeployedApp, model: str, colour=RED) -> tuple[str, str]:
     return r.headers["X-Model-Id"], r.headers["X-Replica"]
 
 
-def replica_states(app: DeployedApp, settle_s: float = 0.5) -> dict[str, dict]:
+def replica_states(app: DeployedApp, settle_s: float = 1.5) -> dict[str, dict]:
     import ray
 
     time.sleep(settle_s)  # reports are sent without waiting; let them land
@@ -86,7 +86,7 @@ def test_3_eviction_follows_lru_order(app):
            for rid, s in start.items()}
     before = {rid: len(s["evictions"]) for rid, s in start.items()}
     seen = [infer(app, m) for m in ["m1/1", "m2/1", "m3/1", "m4/1", "m5/1", "m2/1", "m1/1", "m5/1", "m3/1", "m4/1"]]
-    states = replica_states(app, settle_s=1.0)
+    states = replica_states(app, settle_s=1.5)
     expected: dict[str, list[str]] = {rid: [] for rid in states}
     for model, rid in seen:  # replay through a cap-2 LRU per replica
         cache = lru.setdefault(rid, OrderedDict())

@@ -76,7 +76,7 @@ def infer(app: DeployedApp, model: str, colour=RED) -> requests.Response:
 def tier_of_last_load(app: DeployedApp, model: str) -> str:
     import ray
 
-    time.sleep(0.5)
+    time.sleep(1.5)
     states = ray.get(app.actor("serve_app_registry").replicas.remote())
     loads = [e for s in states.values() for e in s["loads"] if e["model_id"] == model]
     return loads[-1]["tier"]
