@@ -67,6 +67,18 @@ class Unauthorized(ServeAppError):
     status, code = 401, "unauthorized"
 
 
+class RouteNotFound(ServeAppError):
+    """404: no route has this path."""
+
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ServeAppError):
+    """405: the path exists for another method."""
+
+    status, code = 405, "method_not_allowed"
+
+
 class ModelNotFound(ServeAppError):
     """404: no such model id or alias."""
 

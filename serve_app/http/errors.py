@@ -7,27 +7,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serve_app.errors import Overloaded, ServeAppError, Timeout, Unauthorized
+from serve_app.errors import MethodNotAllowed, Overloaded, RouteNotFound, ServeAppError, Timeout, Unauthorized
 
 log = logging.getLogger(__name__)
-
-
-class RouteNotFound(ServeAppError):
-    """404: no route has this path."""
-
-    status, code = 404, "not_found"
-
-
-class MethodNotAllowed(ServeAppError):
-    """405: the path exists for another method."""
-
-    status, code = 405, "method_not_allowed"
-
-
-class NotSupported(ServeAppError):
-    """501: this server version cannot do what the route asks."""
-
-    status, code = 501, "not_implemented"
 
 
 def unwrap(exc: BaseException) -> BaseException:

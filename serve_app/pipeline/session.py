@@ -130,9 +130,3 @@ class OnnxSession:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
-
-    def warm_up(self, height: int, width: int, channels: int = 3) -> float:
-        """Run one inference on zeros; returns seconds taken (the first run pays lazy initialisation)."""
-        started = time.perf_counter()
-        self.run(np.zeros((1, channels, height, width), self.input_dtype))
-        return time.perf_counter() - started

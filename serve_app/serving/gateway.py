@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serve_app.artifacts.actor import artifact_cache_handle
-from serve_app.errors import SchemaError
+from serve_app.errors import MethodNotAllowed, RouteNotFound, SchemaError
 from serve_app.http.auth import ApiKey
-from serve_app.http.errors import (EXCEPTION_HANDLERS, MethodNotAllowed, RouteNotFound, as_serve_error,
+from serve_app.http.errors import (EXCEPTION_HANDLERS, as_serve_error,
                                    error_response)
 from serve_app.http.parsing import MODEL_ID_HEADER, is_json, media_type, multipart_file, parse_json, read_body
 from serve_app.http.roboflow import (ROUTE_OF_TASK, TASK_ROUTES, InferRequest, client_registry, finish_results,
@@ -62,15 +62,12 @@ class GatewayCore:
     def invalidate(self) -> None:
         self._resolved.clear()
 
-    async def infer(self, model_ref: str, payload: dict[str, Any], task: str | None = None) -> tuple[Manifest, dict]:
-        manifest = await self.resolve(model_ref)
-        if task is not None and manifest.task != task:
-            raise SchemaError(f"model {model_ref!r} is a {manifest.task} model, not {task}")
+    async def infer(self, manifest: Manifest, payload: dict[str, Any]) -> dict:
+        """Forward to a replica holding the (already resolved) model; one retry if the replica dies."""
         handle = self.model_server.options(multiplexed_model_id=manifest.model_id)
         for attempt in range(2):
             try:
-                out = await asyncio.wait_for(handle.infer.remote(payload), self.settings.request_timeout_s)
-                return manifest, out
+                return await asyncio.wait_for(handle.infer.remote(payload), self.settings.request_timeout_s)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                 if attempt == 1:
                     raise
@@ -231,7 +228,7 @@ class Gateway:
         originals = None
         if req.visualization.enabled:
             payload, originals = await asyncio.to_thread(decode_request_images, payload, self.settings.image_limits)
-        manifest, out = await self.core.infer(model_ref, payload, task)
+        out = await self.core.infer(manifest, payload)
         results = out["results"]
         pictures = None
         if originals is not None:

@@ -42,10 +42,6 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray:
     return largest.reshape(-1, 2).astype(np.float32)
 
 
-def polygon_to_original(polygon: np.ndarray, transform: ImageTransform) -> np.ndarray:
-    return transform.points_to_original(polygon).astype(np.float32)
-
-
 def mask_to_original(mask_input: np.ndarray, transform: ImageTransform) -> np.ndarray:
     """A boolean mask at input resolution -> boolean mask of the original image (crop/pad undone)."""
     x0, y0, x1, y1 = transform.content_box

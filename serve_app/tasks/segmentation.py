@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve_app.tasks.detection import Candidates, decode_yolov5, decode_yolov8
-from serve_app.tasks.masks import sigmoid
 
 YOLACT_VARIANCES = (0.1, 0.2)
 
@@ -52,7 +51,3 @@ def decode_yolact(loc: np.ndarray, conf: np.ndarray, coefficients: np.ndarray, p
 def _check_protos(c: Candidates, protos: np.ndarray) -> None:
     if protos.ndim != 3 or protos.shape[0] != c.extra.shape[1]:
         raise ValueError(f"prototypes {list(protos.shape)} do not match {c.extra.shape[1]} mask coefficients")
-
-
-def mask_probabilities(logits: np.ndarray) -> np.ndarray:
-    return sigmoid(logits)
