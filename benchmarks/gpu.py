@@ -122,8 +122,17 @@ def write_repository(onnx_path: Path, root: Path, count: int) -> list[str]:
     return ids
 
 
+# server variants a run can compare side by side (application arguments over the defaults)
+VARIANTS = {
+    "default": {},
+    # before the fix: one session for every batch size, one inference thread per replica
+    "one-session": {"session_per_batch_size": False, "inference_threads": 1},
+    "direct": {"direct_ingress": True},
+}
+
+
 def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int, batch: int,
-                 cpu: bool = False) -> subprocess.Popen:
+                 cpu: bool = False, variant: dict | None = None) -> subprocess.Popen:
     import yaml
 
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
@@ -131,7 +140,9 @@ def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int
     app = config["applications"][0]
     app["args"].update(repositories=[str(repo)], cache_dir=str(work / "cache"), state_dir=str(work / "state"),
                        providers=["CUDAExecutionProvider", "CPUExecutionProvider"], max_models_per_replica=16,
-                       max_batch_size=batch, intra_op_threads=2)
+                       max_batch_size=batch, intra_op_threads=2, **(variant or {}))
+    if app["args"].get("direct_ingress"):
+        app["deployments"] = [d for d in app["deployments"] if d["name"] != "Gateway"]
     for d in app["deployments"]:
         if d["name"] == "Gateway":
             d.update(num_replicas=gateways, max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.25 if cpu else 1})
@@ -152,6 +163,7 @@ def _client(url: str, models: list[str], bodies: list[bytes], workers: int, dura
 
     async def main() -> None:
         lat: list[float] = []
+        stages: list[str] = []  # Server-Timing headers, parsed by the parent
         errors = 0
         end = time.time() + duration
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
@@ -164,6 +176,8 @@ def _client(url: str, models: list[str], bodies: list[bytes], workers: int, dura
                                           headers={"serve_multiplexed_model_id": models[k % len(models)]}) as r:
                             await r.read()
                             ok = r.status == 200
+                            if ok:
+                                stages.append(r.headers.get("Server-Timing", ""))
                     except aiohttp.ClientError:
                         ok = False
                     if ok:
@@ -172,7 +186,7 @@ def _client(url: str, models: list[str], bodies: list[bytes], workers: int, dura
                         errors += 1
                     k += workers
             await asyncio.gather(*(worker(i) for i in range(workers)))
-        q.put((lat, errors))
+        q.put((lat, errors, stages[::max(1, len(stages) // 500)]))
 
     asyncio.run(main())
 
@@ -193,7 +207,23 @@ def drive(url: str, models: list[str], bodies: list[bytes], clients: int, durati
     errors = sum(r[1] for r in results)
     return {"clients": clients, "models": len(models), "requests": len(lat), "errors": errors,
             "req_per_s": len(lat) / duration, "p50_ms": _pct(lat, 50) * 1e3, "p99_ms": _pct(lat, 99) * 1e3,
-            "wall_s": wall}
+            "wall_s": wall, "server_timing_p50_ms": stage_medians([h for r in results for h in r[2]])}
+
+
+def stage_medians(headers: list[str]) -> dict[str, float]:
+    """Median milliseconds per Server-Timing stage (replica's decode, queue, preprocess, inference
+    incl. waiting for its batch, postprocess, total; the gateway's total).
+
+    >>> stage_medians(["decode;dur=2.00, gateway;dur=9.00", "decode;dur=4.00, gateway;dur=11.00"])
+    {'decode': 3.0, 'gateway': 10.0}
+    """
+    seen: dict[str, list[float]] = {}
+    for header in headers:
+        for part in filter(None, (p.strip() for p in header.split(","))):
+            name, _, dur = part.partition(";dur=")
+            if dur:
+                seen.setdefault(name, []).append(float(dur))
+    return {name: round(float(np.median(v)), 2) for name, v in seen.items()}
 
 
 def main() -> None:
@@ -205,7 +235,8 @@ def main() -> None:
     ap.add_argument("--steps", default="raw,pipeline,server")
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--gateways", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--variants", default="default", help=f"comma-separated, of {sorted(VARIANTS)}")
     ap.add_argument("--clients", default="1,8,32,64,128,256")
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--cpu", action="store_true", help="dry run on a machine without a GPU")
@@ -229,53 +260,72 @@ def main() -> None:
         save()
     if "server" not in steps:
         return
-    work = Path("/tmp/gpubench")
+    ids = write_repository(args.onnx, Path("/tmp/gpubench-repo"), 16)
+    result["server"] = {}
+    for name in args.variants.split(","):
+        result["server"][name] = {"variant": VARIANTS[name], "replicas": args.replicas, "gateways": args.gateways,
+                                  "max_batch": args.batch, "sweep": []}
+        serve_variant(args, name, ids, images, result["server"][name], save)
+
+
+def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: list[bytes], out: dict, save) -> None:
+    """One server variant: start it, warm 12 models, sweep clients, spread over 3 and 12 models,
+    cold loads of 4 new models; stop it (its process group) whatever happens."""
     import shutil
 
+    import requests
+
+    work = Path("/tmp/gpubench")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    ids = write_repository(args.onnx, work / "repo", 16)
     port = 18000
-    server = start_server(work, work / "repo", port, args.replicas, args.gateways, args.batch, args.cpu)
+    server = start_server(work, Path("/tmp/gpubench-repo"), port, args.replicas, args.gateways, args.batch, args.cpu,
+                          VARIANTS[name])
     url = f"http://127.0.0.1:{port}"
+    direct = VARIANTS[name].get("direct_ingress")
     try:
-        import requests
-
         deadline = time.time() + 240
         while True:
             try:
-                if requests.get(url + "/readiness", timeout=5).status_code == 200:
+                if direct:  # no readiness route without the gateway: the first request answers it
+                    r = requests.post(url + "/infer", data=images[0], headers={"serve_multiplexed_model_id": ids[0]},
+                                      timeout=60)
+                else:
+                    r = requests.get(url + "/readiness", timeout=5)
+                if r.status_code == 200:
                     break
             except requests.RequestException:
                 pass
             if time.time() > deadline or server.poll() is not None:
                 raise RuntimeError((work / "serve.log").read_text()[-4000:])
             time.sleep(2)
-        for mid in ids[:12]:  # warm: load the 12 models once (first load pays CUDA init)
-            for _ in range(2):
-                requests.post(url + "/infer", data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
         infer = url + "/infer"
-        result["server"] = {"replicas": args.replicas, "gateways": args.gateways, "max_batch": args.batch, "sweep": []}
+        t = time.perf_counter()
+        for mid in ids[:12]:  # warm: load the 12 models once (the first load pays CUDA init)
+            for _ in range(2):
+                requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
+        out["warm_12_models_s"] = time.perf_counter() - t
         (work / "sweep_started").touch()  # a profiler run beside the benchmark waits for this
         for c in [int(x) for x in args.clients.split(",")]:
             r = drive(infer, ids[:1], images, c, args.duration)
-            result["server"]["sweep"].append(r)
-            print("sweep", json.dumps(r), flush=True)
+            out["sweep"].append(r)
+            print(name, "sweep", json.dumps(r), flush=True)
             save()
-        best = max(result["server"]["sweep"], key=lambda r: r["req_per_s"])
+        best = max(out["sweep"], key=lambda r: r["req_per_s"])
         for n in (3, 12):
             r = drive(infer, ids[:n], images, best["clients"], args.duration)
-            result["server"][f"spread_{n}"] = r
-            print(f"spread{n}", json.dumps(r), flush=True)
+            out[f"spread_{n}"] = r
+            print(name, f"spread{n}", json.dumps(r), flush=True)
             save()
         cold = []
         for mid in ids[12:16]:  # new model ids; their artifacts go origin -> disk -> object store -> replica
             t = time.perf_counter()
             requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
             cold.append((time.perf_counter() - t) * 1e3)
-        result["server"]["cold_first_request_ms"] = cold
-        reg = requests.get(url + "/model/registry", timeout=30).json()
-        result["server"]["loads"] = [e for m in reg["models"] for e in m.get("loaded_on", [])]
+        out["cold_first_request_ms"] = cold
+        if not direct:
+            reg = requests.get(url + "/model/registry", timeout=30).json()
+            out["loads"] = [e for m in reg["models"] for e in m.get("loaded_on", [])]
         save()
     finally:
         os.killpg(server.pid, signal.SIGINT)
@@ -283,7 +333,7 @@ def main() -> None:
             server.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-        result["serve_log_tail"] = (work / "serve.log").read_text(errors="replace")[-3000:]
+        out["serve_log_tail"] = (work / "serve.log").read_text(errors="replace")[-3000:]
         save()
 
 

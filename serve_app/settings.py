@@ -19,6 +19,7 @@ from serve_app.artifacts.sources import SourceOptions
 from serve_app.errors import ManifestError
 from serve_app.pipeline.images import ImageLimits
 from serve_app.pipeline.session import SessionOptions
+from serve_app.serving.batcher import batch_buckets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +55,8 @@ class Settings:
     inter_op_threads: int = 1
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.002
+    session_per_batch_size: bool = True  # on a GPU: one session per batch bucket (see SessionOptions)
+    inference_threads: int = 0  # session calls in flight per replica; 0 = 1 on the CPU, 2 with a GPU provider
     max_body_bytes: int = 30 * 2**20
     image_max_file_bytes: int = 20 * 2**20
     image_max_pixels: int = 40_000_000
@@ -106,7 +109,9 @@ class Settings:
     @property
     def session_options(self) -> SessionOptions:
         return SessionOptions(providers=self.providers, intra_op_threads=self.intra_op_threads,
-                              inter_op_threads=self.inter_op_threads)
+                              inter_op_threads=self.inter_op_threads,
+                              batch_sizes=batch_buckets(self.max_batch_size) if self.max_batch_size > 1 else (),
+                              session_per_batch_size=self.session_per_batch_size)
 
     @property
     def source_options(self) -> SourceOptions:

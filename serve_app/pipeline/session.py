@@ -34,6 +34,11 @@ class SessionOptions:
     uint8_input: bool = True  # feed uint8 pixels; cast and scale run inside the session
     io_binding: bool = False  # bind inputs/outputs explicitly (pays on CUDA, not on CPU)
     allow_spinning: bool = False  # ORT's idle threads busy-wait by default, stealing the cores the proxy needs
+    # On a GPU, one session per batch size the batcher makes (its buckets): a CUDA session whose
+    # input shape changes from call to call re-plans its convolutions every call (see
+    # benchmarks/results/gpu/gpu_session.json), a session that always sees one shape plans once.
+    batch_sizes: tuple[int, ...] = ()
+    session_per_batch_size: bool = True
 
 
 def _resolve_providers(wanted: tuple[Any, ...], tensorrt_cache_dir: str | None = None) -> tuple[list[Any], list[str]]:
@@ -73,6 +78,7 @@ class OnnxSession:
     metadata: dict[str, str] = field(default_factory=dict)
     load_seconds: float = 0.0
     io_binding: bool = False
+    by_batch_size: dict[int, ort.InferenceSession] = field(default_factory=dict)  # extra shape-stable sessions
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview | np.ndarray, options: SessionOptions, label: str = "model") -> "OnnxSession":
@@ -110,8 +116,16 @@ class OnnxSession:
                  [p if isinstance(p, str) else p[0] for p in options.providers])
         meta = dict(session.get_modelmeta().custom_metadata_map)
         on_gpu = used[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-        return cls(session, inp.name, list(inp.shape), inp.type, [o.name for o in outs], [list(o.shape) for o in outs],
-                   used, meta, elapsed, io_binding=options.io_binding and on_gpu)
+        loaded = cls(session, inp.name, list(inp.shape), inp.type, [o.name for o in outs], [list(o.shape) for o in outs],
+                     used, meta, elapsed, io_binding=options.io_binding and on_gpu)
+        if on_gpu and options.session_per_batch_size and loaded.dynamic_batch:
+            # the main session serves batch 1 (its warm-up shape); each other bucket gets its own
+            for size in sorted(set(options.batch_sizes) - {1}):
+                loaded.by_batch_size[size] = ort.InferenceSession(payload, sess_options=so, providers=providers)
+            if loaded.by_batch_size:
+                log.info("%s: one session per batch size %s", label, [1, *loaded.by_batch_size])
+        loaded.load_seconds = time.perf_counter() - started
+        return loaded
 
     @property
     def dynamic_batch(self) -> bool:
@@ -121,12 +135,18 @@ class OnnxSession:
     def input_dtype(self) -> type:
         return np.uint8 if self.input_type == "tensor(uint8)" else np.float32
 
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Batch sizes with a session of their own (1 is the main session's)."""
+        return [1, *self.by_batch_size]
+
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        session = self.by_batch_size.get(len(tensor), self.session)
         if not self.io_binding:
-            return self.session.run(self.output_names, {self.input_name: tensor})
-        binding = self.session.io_binding()
+            return session.run(self.output_names, {self.input_name: tensor})
+        binding = session.io_binding()
         binding.bind_cpu_input(self.input_name, tensor)
         for name in self.output_names:
             binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()

@@ -84,6 +84,16 @@ class TensorBatcher:
         return sum(len(p.tensor) for p in self._queue)
 
 
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """Every batch size :func:`pad_to_bucket` can produce: powers of two, then ``max_batch``.
+
+    >>> batch_buckets(8), batch_buckets(6), batch_buckets(1)
+    ((1, 2, 4, 8), (1, 2, 4, 6), (1,))
+    """
+    sizes = {min(1 << k, max_batch) for k in range(max(max_batch, 1).bit_length() + 1)}
+    return tuple(sorted(sizes))
+
+
 def pad_to_bucket(tensor: np.ndarray, max_batch: int) -> np.ndarray:
     """Pad the batch with zero images up to the next power of two (at most ``max_batch``).
 

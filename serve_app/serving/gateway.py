@@ -309,10 +309,15 @@ class Gateway:
             return error_response(exc)
 
 
-def server_timing(stages: dict[str, float], gateway_total_s: float) -> str:
-    """The replica's stages and the gateway's total as a ``Server-Timing`` header (milliseconds)."""
+def server_timing(stages: dict[str, float], gateway_total_s: float | None = None) -> str:
+    """The replica's stages and the gateway's total as a ``Server-Timing`` header (milliseconds).
+
+    >>> server_timing({"decode": 0.002}, 0.0105)
+    'decode;dur=2.00, gateway;dur=10.50'
+    """
     parts = [f"{name};dur={seconds * 1e3:.2f}" for name, seconds in stages.items()]
-    parts.append(f"gateway;dur={gateway_total_s * 1e3:.2f}")
+    if gateway_total_s is not None:
+        parts.append(f"gateway;dur={gateway_total_s * 1e3:.2f}")
     return ", ".join(parts)
 
 

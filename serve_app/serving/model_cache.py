@@ -203,7 +203,8 @@ class ModelCache:
             "models": {m: {"memory_bytes": lm.memory_bytes, "pinned": lm.pinned, "tier": lm.tier,
                            "loaded_at": lm.loaded_at, "last_used": lm.last_used,
                            "idle_s": round(now_wall - lm.last_used, 3),
-                           "load_seconds": lm.load_seconds, "requests": lm.requests, "in_flight": lm.in_flight}
+                           "load_seconds": lm.load_seconds, "requests": lm.requests, "in_flight": lm.in_flight,
+                           "providers": list(getattr(lm.model, "providers", None) or [])}
                        for m, lm in self._models.items()},
             "loading": list(self._loading), "draining": [m.model_id for m in self._draining.values()],
             "failures": {m: {"message": f.error.message, "attempts": f.attempts,

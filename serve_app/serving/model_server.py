@@ -86,8 +86,10 @@ class ModelServerCore:
         self._routing_dirty = True
         self._report_due = 0.0
         self._background: asyncio.Task | None = None
-        # one inference at a time per replica: ONNX Runtime already uses every core it is given
-        self.infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        # on the CPU one inference at a time per replica (ONNX Runtime already uses every core it is
+        # given); on a GPU two, so one model's host copies and kernel launches overlap another's
+        threads = s.inference_threads or (2 if probe.device == "gpu" else 1)
+        self.infer_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer")
         log.info("replica %s: models measured on the %s, budget %s, at most %d models", self.replica_id, probe.device,
                  f"{budget / 2**20:.0f} MiB" if budget else "none (count cap only)", s.max_models_per_replica)
 
@@ -260,7 +262,7 @@ class ModelServerCore:
         cache = self.cache.describe()
         models = {m: {"loaded_at": info["loaded_at"], "last_used": info["last_used"], "tier": info["tier"],
                       "load_seconds": info["load_seconds"], "requests": info["requests"],
-                      "memory_bytes": info["memory_bytes"], "pinned": info["pinned"]}
+                      "memory_bytes": info["memory_bytes"], "pinned": info["pinned"], "providers": info["providers"]}
                   for m, info in cache["models"].items()}
         return {"models": models, "ready": self.ready, "pid": os.getpid(),
                 "evictions": [e["model_id"] for e in self.cache.evictions[-100:]],
@@ -310,6 +312,7 @@ class ModelServer:
 
         from serve_app.errors import SchemaError
         from serve_app.http.errors import error_response
+        from serve_app.serving.gateway import server_timing
         from serve_app.registry.manifest import validate_model_id
 
         started = time.perf_counter()
@@ -324,7 +327,8 @@ class ModelServer:
             return error_response(exc)
         result = out["results"][0]
         result.update(inference_id=str(uuid.uuid4()), time=time.perf_counter() - started)
-        return JSONResponse(result, headers={"X-Replica": out["replica"], "X-Model-Id": model_id})
+        return JSONResponse(result, headers={"X-Replica": out["replica"], "X-Model-Id": model_id,
+                                             "Server-Timing": server_timing(out["timings"])})
 
     async def load(self) -> dict:
         return await self.core.load(serve.get_multiplexed_model_id())

@@ -51,7 +51,8 @@ class VisionModel:
         model = cls(manifest, session)
         started = time.perf_counter()
         try:
-            outputs = session.run(np.zeros((1, 3, manifest.input.height, manifest.input.width), session.input_dtype))
+            for size in session.batch_sizes:  # every shape-stable session plans its kernels now, not on a request
+                outputs = session.run(np.zeros((size, 3, manifest.input.height, manifest.input.width), session.input_dtype))
         except Exception as exc:
             raise ModelLoadError(f"{manifest.model_id}: warm-up inference failed: {str(exc)[:300]}") from None
         model.warmup_seconds = time.perf_counter() - started

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# On the GPU machine (see ../shared/GPU.md): install the carried wheels once, then run GPU steps.
+#   bash benchmarks/gpu_device.sh install            # wheels in /tmp/w -> /tmp/site
+#   bash benchmarks/gpu_device.sh session OUT        # benchmarks/gpu_session.py (ORT alone)
+#   bash benchmarks/gpu_device.sh tests OUT          # tests/test_gpu.py
+#   bash benchmarks/gpu_device.sh bench OUT ARGS...  # benchmarks/gpu.py ARGS
+# Every step is bounded by `timeout` and writes its log under OUT as it goes.
+set -u
+step=$1; out=${2:-/tmp/out}; shift 2 || true
+export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export PATH=/tmp/site/bin:$PATH
+mkdir -p "$out"
+case $step in
+  install)
+    cd /tmp/w && cat wheels.tar.part* > wheels.tar && tar xf wheels.tar && rm wheels.tar.part* &&
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ./*.whl &&
+      python3 -c "import onnxruntime as o, ray; print('ort', o.__version__, o.get_available_providers(), 'ray', ray.__version__)" ;;
+  session)
+    timeout 240 python3 -m benchmarks.gpu_session --onnx .cache/bench/export/yolov8n.onnx --out "$out" 2>&1 \
+      | grep -v "^\s*$" | tee "$out/gpu_session.log" ;;
+  tests)
+    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs 2>&1 | tee "$out/test_gpu.log" ;;
+  bench)
+    timeout 560 python3 -m benchmarks.gpu --onnx .cache/bench/export/yolov8n.onnx --images .cache/bench/images \
+      --out "$out" "$@" 2>&1 | grep -v "^\s*$" | tee "$out/gpu_bench.log" ;;
+esac

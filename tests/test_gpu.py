@@ -1,0 +1,137 @@
+"""On a GPU: the CUDA provider gives the CPU's answers, batches of every bucket size give each
+image's single answer, and a Ray replica with a fraction of a GPU serves on it.
+
+Skipped, with the reason, where onnxruntime cannot start a CUDA session (no GPU, no CUDA
+libraries, the CPU build of onnxruntime): CI has no GPU. On the GPU machine run
+``python -m pytest tests/test_gpu.py`` (GPU.md's setup).
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app.pipeline.session import SessionOptions
+from serve_app.registry.manifest import Manifest
+from serve_app.serving.batcher import batch_buckets, pad_to_bucket
+from serve_app.tasks.params import InferenceParams
+from serve_app.tasks.vision_model import VisionModel
+from tests.zoo_models import builtin, match, pred_boxes
+from zoo.shapes import CLASSES, draw_dominant_shape, draw_scene
+
+MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
+CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
+PARAMS = InferenceParams(confidence=0.4, iou_threshold=0.5)
+
+
+@lru_cache(maxsize=1)
+def cuda_problem() -> str | None:
+    """Why a CUDA session cannot run here, or None when it can."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError as exc:
+        return str(exc)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this onnxruntime build has no CUDA provider"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), providers=list(CUDA))
+    except Exception as exc:  # noqa: BLE001 - any failure means no GPU here
+        return f"a CUDA session does not start: {str(exc)[:200]}"
+    if sess.get_providers()[0] != "CUDAExecutionProvider":
+        return "no CUDA device or libraries: onnxruntime fell back to the CPU"
+    return None
+
+
+pytestmark = pytest.mark.skipif(cuda_problem() is not None, reason=f"no GPU: {cuda_problem()}")
+
+
+@lru_cache(maxsize=None)
+def on_gpu(model_id: str, max_batch: int = 8) -> VisionModel:
+    manifest = Manifest.from_dict(json.loads((MODELS / model_id / "model.json").read_text()))
+    files = {name: (MODELS / model_id / spec.path).read_bytes() for name, spec in manifest.files.items()}
+    return VisionModel.load(manifest, files, SessionOptions(providers=CUDA, batch_sizes=batch_buckets(max_batch)))
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    rng = np.random.default_rng(424_242)
+    return [draw_scene(rng) for _ in range(8)]
+
+
+@pytest.mark.parametrize("model_id", ["shapes-det/1", "shapes-seg/1", "shapes-pose/1"])
+def test_gpu_gives_the_cpu_answers(model_id, scenes):
+    gpu, cpu = on_gpu(model_id), builtin(model_id)
+    assert gpu.providers[0] == "CUDAExecutionProvider"
+    for scene in scenes:
+        g = gpu.predict([scene.image], PARAMS)[0]["predictions"]
+        c = cpu.predict([scene.image], PARAMS)[0]["predictions"]
+        assert len(g) == len(c)
+        pairs = match(pred_boxes(c), [p["class"] for p in c], g, min_iou=0.98)
+        assert len(pairs) == len(c)
+        for i, j in pairs:
+            assert abs(c[i]["confidence"] - g[j]["confidence"]) < 0.01
+
+
+def test_every_batch_bucket_has_its_own_session_and_gives_each_images_answer(scenes):
+    model = on_gpu("shapes-det/1")
+    assert model.session.batch_sizes == [1, 2, 4, 8]
+    singles = [model.predict([s.image], PARAMS)[0]["predictions"] for s in scenes]
+    for n in (2, 3, 5, 8):  # 3 and 5 are padded to the 4 and 8 buckets, as the batcher pads them
+        tensor, transforms = model.prepare([s.image for s in scenes[:n]], PARAMS)
+        outputs = model.run(pad_to_bucket(tensor, 8))
+        batched = model.decode(outputs, transforms, PARAMS, [s.image for s in scenes[:n]])
+        for single, got in zip(singles[:n], batched):
+            got = got["predictions"]
+            assert len(got) == len(single)
+            assert len(match(pred_boxes(single), [p["class"] for p in single], got, min_iou=0.99)) == len(single)
+
+
+def test_classification_on_gpu_matches_cpu():
+    rng = np.random.default_rng(5)
+    gpu, cpu = on_gpu("shapes-cls/1"), builtin("shapes-cls/1")
+    for name in CLASSES:
+        image = draw_dominant_shape(rng, name).image
+        g = gpu.predict([image], InferenceParams())[0]
+        c = cpu.predict([image], InferenceParams())[0]
+        assert g["top"] == c["top"] and abs(g["confidence"] - c["confidence"]) < 0.01
+
+
+def test_a_replica_with_half_a_gpu_serves_on_it(ray_serve, tmp_path, scenes):
+    import time
+
+    import cv2
+    import ray
+
+    from tests.conftest import deploy_app, teardown_app
+
+    if not ray.cluster_resources().get("GPU"):
+        pytest.skip("Ray sees no GPU on this node")
+    app = deploy_app(ray_serve, tmp_path, {"providers": list(CUDA), "max_batch_size": 4},
+                     model_server_extra={"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}})
+    try:
+        body = cv2.imencode(".png", scenes[0].image)[1].tobytes()
+        r = app.post("/infer", data=body, headers={"serve_multiplexed_model_id": "shapes-det/1"})
+        assert r.status_code == 200, r.text
+        expected = builtin("shapes-det/1").predict([scenes[0].image], InferenceParams())[0]["predictions"]
+        got = r.json()["predictions"]
+        assert len(got) == len(expected)
+        assert len(match(pred_boxes(expected), [p["class"] for p in expected], got, min_iou=0.98)) == len(expected)
+        deadline = time.time() + 10  # replicas report what they hold asynchronously
+        while True:
+            held = [m for m in app.get("/model/registry").json()["models"] if m["model_id"] == "shapes-det/1"]
+            if held or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        where = held[0]["loaded_on"][0]
+        assert where["providers"][0] == "CUDAExecutionProvider", where
+        assert where["memory_bytes"] > 0
+    finally:
+        teardown_app(app)
