@@ -123,11 +123,15 @@ def write_repository(onnx_path: Path, root: Path, count: int) -> list[str]:
 
 
 # server variants a run can compare side by side (application arguments over the defaults)
+# ("env" goes to `serve run`, hence to Ray's controller, proxies and replicas)
 VARIANTS = {
     "default": {},
     # before the fix: one session for every batch size, one inference thread per replica
-    "one-session": {"session_per_batch_size": False, "inference_threads": 1},
-    "direct": {"direct_ingress": True},
+    "one-session": {"args": {"session_per_batch_size": False, "inference_threads": 1}},
+    "direct": {"args": {"direct_ingress": True}},
+    # Ray 2.60's throughput-optimised Serve: HAProxy in front of the gateways' own HTTP servers
+    # (no Python proxy on the path), gRPC between gateway and replicas, user code on the replica's loop
+    "haproxy": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}},
 }
 
 
@@ -140,7 +144,7 @@ def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int
     app = config["applications"][0]
     app["args"].update(repositories=[str(repo)], cache_dir=str(work / "cache"), state_dir=str(work / "state"),
                        providers=["CUDAExecutionProvider", "CPUExecutionProvider"], max_models_per_replica=16,
-                       max_batch_size=batch, intra_op_threads=2, **(variant or {}))
+                       max_batch_size=batch, intra_op_threads=2, **(variant or {}).get("args", {}))
     if app["args"].get("direct_ingress"):
         app["deployments"] = [d for d in app["deployments"] if d["name"] != "Gateway"]
     for d in app["deployments"]:
@@ -151,7 +155,7 @@ def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int
             d.update(num_replicas=replicas, max_ongoing_requests=256,
                      ray_actor_options={"num_cpus": 0.5 if cpu else 2, "num_gpus": 0 if cpu else round(1 / replicas, 3)})
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "RAY_USAGE_STATS_ENABLED": "0", **(variant or {}).get("env", {})}
     log = open(work / "serve.log", "wb")
     return subprocess.Popen([sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run",
                              str(work / "config.yaml")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -282,7 +286,7 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
     server = start_server(work, Path("/tmp/gpubench-repo"), port, args.replicas, args.gateways, args.batch, args.cpu,
                           VARIANTS[name])
     url = f"http://127.0.0.1:{port}"
-    direct = VARIANTS[name].get("direct_ingress")
+    direct = VARIANTS[name].get("args", {}).get("direct_ingress")
     try:
         deadline = time.time() + 240
         while True:

@@ -41,6 +41,7 @@ def cuda_problem() -> str | None:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what every onnxruntime of the last years reads, whatever onnx wrote
     try:
         sess = ort.InferenceSession(model.SerializeToString(), providers=list(CUDA))
     except Exception as exc:  # noqa: BLE001 - any failure means no GPU here
