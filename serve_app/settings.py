@@ -55,6 +55,7 @@ class Settings:
     inter_op_threads: int = 1
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.002
+    batch_buckets: tuple[int, ...] = ()  # batch sizes besides 1 and max_batch_size that batches are padded to
     session_per_batch_size: bool = True  # on a GPU: one session per batch bucket (see SessionOptions)
     inference_threads: int = 0  # session calls in flight per replica; 0 = 1 on the CPU, 2 with a GPU provider
     max_body_bytes: int = 30 * 2**20
@@ -81,7 +82,7 @@ class Settings:
         unknown = sorted(set(args) - set(known))
         if unknown:
             raise ManifestError(f"unknown application arguments {unknown}; known: {sorted(known)}")
-        for key in ("repositories", "pinned", "preload", "providers", "url_allowed_hosts"):
+        for key in ("repositories", "pinned", "preload", "providers", "url_allowed_hosts", "batch_buckets"):
             if key in args and args[key] is not None:
                 value = args[key]
                 args[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
@@ -107,10 +108,15 @@ class Settings:
                            allow_private_urls=self.allow_private_urls)
 
     @property
+    def buckets(self) -> tuple[int, ...]:
+        """The batch sizes the batcher pads to (each gets its own session on a GPU)."""
+        return batch_buckets(self.max_batch_size, self.batch_buckets)
+
+    @property
     def session_options(self) -> SessionOptions:
         return SessionOptions(providers=self.providers, intra_op_threads=self.intra_op_threads,
                               inter_op_threads=self.inter_op_threads,
-                              batch_sizes=batch_buckets(self.max_batch_size) if self.max_batch_size > 1 else (),
+                              batch_sizes=self.buckets if self.max_batch_size > 1 else (),
                               session_per_batch_size=self.session_per_batch_size)
 
     @property

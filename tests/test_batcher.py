@@ -37,7 +37,7 @@ def test_concurrent_requests_are_batched_and_split_back():
 
     tensors = asyncio.run(main())
     assert sum(run.calls) >= sum(len(t) for t in tensors)
-    assert all(c & (c - 1) == 0 for c in run.calls)  # batches padded to power-of-two buckets
+    assert set(run.calls) <= {1, 16}  # batches padded to the default buckets: 1 and max_batch
     assert len(run.calls) < len(tensors)  # fewer session calls than requests
     assert max(run.calls) <= 16
 
@@ -86,3 +86,32 @@ def test_lone_request_waits_at_most_max_wait():
 def test_bad_max_batch():
     with pytest.raises(ValueError, match="max_batch"):
         TensorBatcher(lambda x: [x], max_batch=0, max_wait_s=0)
+
+
+def test_batches_are_padded_to_the_smallest_bucket_that_holds_them():
+    run = SlowDoubler()
+    batcher = TensorBatcher(run, max_batch=8, max_wait_s=0.005, buckets=(1, 4, 8))
+
+    async def main():
+        outs = await asyncio.gather(*(batcher.submit(np.full((1, 1, 1), i, np.float32)) for i in range(3)))
+        assert [o[0].item() for o in outs] == [0.0, 2.0, 4.0]  # padding never leaks into results
+
+    asyncio.run(main())
+    assert run.calls[-1] == 4
+
+
+def test_no_wait_when_no_other_request_of_the_model_is_in_flight():
+    """A lone request (in flight: itself) goes straight to the session; with others in flight it
+    waits up to max_wait for them."""
+    def timed(in_flight: int) -> float:
+        batcher = TensorBatcher(lambda x: [x], max_batch=8, max_wait_s=0.3, in_flight=lambda: in_flight)
+
+        async def main():
+            started = time.perf_counter()
+            await batcher.submit(np.ones((1, 1)))
+            return time.perf_counter() - started
+
+        return asyncio.run(main())
+
+    assert timed(1) < 0.1
+    assert timed(3) >= 0.29

@@ -25,6 +25,7 @@ from zoo.shapes import CLASSES, draw_dominant_shape, draw_scene
 MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
 CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
 PARAMS = InferenceParams(confidence=0.4, iou_threshold=0.5)
+BUCKETS = batch_buckets(8, (2, 4))
 
 
 @lru_cache(maxsize=1)
@@ -55,10 +56,10 @@ pytestmark = pytest.mark.skipif(cuda_problem() is not None, reason=f"no GPU: {cu
 
 
 @lru_cache(maxsize=None)
-def on_gpu(model_id: str, max_batch: int = 8) -> VisionModel:
+def on_gpu(model_id: str) -> VisionModel:
     manifest = Manifest.from_dict(json.loads((MODELS / model_id / "model.json").read_text()))
     files = {name: (MODELS / model_id / spec.path).read_bytes() for name, spec in manifest.files.items()}
-    return VisionModel.load(manifest, files, SessionOptions(providers=CUDA, batch_sizes=batch_buckets(max_batch)))
+    return VisionModel.load(manifest, files, SessionOptions(providers=CUDA, batch_sizes=BUCKETS))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_every_batch_bucket_has_its_own_session_and_gives_each_images_answer(sce
     singles = [model.predict([s.image], PARAMS)[0]["predictions"] for s in scenes]
     for n in (2, 3, 5, 8):  # 3 and 5 are padded to the 4 and 8 buckets, as the batcher pads them
         tensor, transforms = model.prepare([s.image for s in scenes[:n]], PARAMS)
-        outputs = model.run(pad_to_bucket(tensor, 8))
+        outputs = model.run(pad_to_bucket(tensor, BUCKETS))
         batched = model.decode(outputs, transforms, PARAMS, [s.image for s in scenes[:n]])
         for single, got in zip(singles[:n], batched):
             got = got["predictions"]

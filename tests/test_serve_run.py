@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,17 +25,34 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def served():
-    """serve_config.yaml as shipped, but on a free port and with scratch cache/state folders."""
+def haproxy_env() -> dict[str, str]:
+    """Ray's throughput-optimised Serve with HAProxy (configs/serve_gpu.yaml's launch), its files
+    and ports made private to this run."""
+    state = Path(tempfile.mkdtemp(prefix="hap"))  # short: HAProxy's admin socket path gets the node id appended
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
+
+
+@pytest.fixture(scope="module", params=["serve_config.yaml", "configs/serve_gpu.yaml"])
+def served(request):
+    """A shipped config on a free port with scratch cache/state folders. The GPU config runs as its
+    comment says (HAProxy, Ray's throughput-optimised Serve), scaled down to this machine's CPUs."""
     tmp = Path(tempfile.mkdtemp(prefix="sr", dir=ray_tmp_parent()))
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config = yaml.safe_load((ROOT / request.param).read_text())
     port = free_port()
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
     args.update(cache_dir=str(tmp / "cache"), state_dir=str(tmp / "state"))
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "RAY_TMPDIR": str(tmp / "ray"), "RAY_USAGE_STATS_ENABLED": "0"}
+    if request.param == "configs/serve_gpu.yaml":
+        for d in config["applications"][0]["deployments"]:
+            d.update(num_replicas=1, ray_actor_options={"num_cpus": 0.25, "num_gpus": 0})
+        env.update(haproxy_env())
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     env.pop("RAY_ADDRESS", None)
     serve_bin = Path(sys.executable).parent / "serve"
     log = open(tmp / "serve.log", "wb")
@@ -61,6 +79,8 @@ def served():
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+        if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in env:
+            shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
 
 
 def _post(url: str, model: str, image: np.ndarray) -> dict:

@@ -53,7 +53,9 @@ def _resolve_providers(wanted: tuple[Any, ...], tensorrt_cache_dir: str | None =
         if name == "CUDAExecutionProvider":
             # cuDNN's exhaustive search costs ~0.7 s per new input shape (measured on an H200), and
             # batches of changing size bring new shapes: pick algorithms by heuristic instead
-            opts = {"cudnn_conv_algo_search": "HEURISTIC", **(opts or {})}
+            # and grow the memory arena by what is asked, not to the next power of two: a replica holds
+            # many models, each with a session per batch bucket
+            opts = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested", **(opts or {})}
         if name == "TensorrtExecutionProvider" and tensorrt_cache_dir:
             # engines take minutes to build: keep them on disk, keyed by model and shapes
             opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": tensorrt_cache_dir,

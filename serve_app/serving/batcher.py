@@ -1,9 +1,10 @@
 """Per-model dynamic batching: the input tensors of concurrent requests go to the session together.
 
 While one batch runs, new requests queue; when it ends they all go in the next call (up to
-``max_batch`` images). An idle model waits at most ``max_wait_s`` for company, so a lone request
-pays almost nothing. One batch runs at a time per model: the session already uses every core (or
-the whole GPU stream) it is given.
+``max_batch`` images). A batch waits at most ``max_wait_s`` for company, and only when more
+requests for the model are in flight than are queued (``in_flight``): a lone request pays nothing.
+One batch runs at a time per model. Batches are padded to a few fixed sizes (``buckets``), so the
+runtime sees few input shapes (on a GPU each has a session of its own, see SessionOptions).
 
 >>> import asyncio
 >>> b = TensorBatcher(lambda x: [x * 2], max_batch=8, max_wait_s=0.001)
@@ -13,7 +14,7 @@ the whole GPU stream) it is given.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -29,13 +30,16 @@ class _Pending:
 
 
 class TensorBatcher:
-    def __init__(self, run: RunFn, max_batch: int, max_wait_s: float, executor: Executor | None = None) -> None:
+    def __init__(self, run: RunFn, max_batch: int, max_wait_s: float, executor: Executor | None = None,
+                 buckets: Sequence[int] | None = None, in_flight: Callable[[], int] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._run = run
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._executor = executor
+        self._buckets = tuple(sorted(buckets)) if buckets else batch_buckets(max_batch)
+        self._in_flight = in_flight
         self._queue: list[_Pending] = []
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -56,7 +60,7 @@ class TensorBatcher:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
-            if self._images_queued() < self._max_batch and self._max_wait_s > 0:
+            if self._images_queued() < self._max_batch and self._max_wait_s > 0 and self._company_expected():
                 await asyncio.sleep(self._max_wait_s)  # let concurrent requests join
             batch, images = [], 0
             while self._queue and (not batch or images + len(self._queue[0].tensor) <= self._max_batch):
@@ -64,7 +68,7 @@ class TensorBatcher:
                 batch.append(item)
                 images += len(item.tensor)
             tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([b.tensor for b in batch])
-            tensor = pad_to_bucket(tensor, self._max_batch)
+            tensor = pad_to_bucket(tensor, self._buckets)
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run, tensor)
             except BaseException as exc:  # every waiter of this batch gets the error
@@ -83,28 +87,33 @@ class TensorBatcher:
     def _images_queued(self) -> int:
         return sum(len(p.tensor) for p in self._queue)
 
+    def _company_expected(self) -> bool:
+        """More requests for this model are in flight than queued: some may join the batch."""
+        return self._in_flight is None or self._in_flight() > len(self._queue)
 
-def batch_buckets(max_batch: int) -> tuple[int, ...]:
-    """Every batch size :func:`pad_to_bucket` can produce: powers of two, then ``max_batch``.
 
-    >>> batch_buckets(8), batch_buckets(6), batch_buckets(1)
-    ((1, 2, 4, 8), (1, 2, 4, 6), (1,))
+def batch_buckets(max_batch: int, sizes: Sequence[int] = ()) -> tuple[int, ...]:
+    """The batch sizes batches are padded to: ``sizes`` (up to ``max_batch``) with 1 and
+    ``max_batch``; by default just those two (on a GPU a padded row costs far less than the
+    session and memory another shape would need).
+
+    >>> batch_buckets(8), batch_buckets(8, (2, 4, 16)), batch_buckets(1)
+    ((1, 8), (1, 2, 4, 8), (1,))
     """
-    sizes = {min(1 << k, max_batch) for k in range(max(max_batch, 1).bit_length() + 1)}
-    return tuple(sorted(sizes))
+    return tuple(sorted({1, max_batch, *(s for s in sizes if 1 <= s <= max_batch)}))
 
 
-def pad_to_bucket(tensor: np.ndarray, max_batch: int) -> np.ndarray:
-    """Pad the batch with zero images up to the next power of two (at most ``max_batch``).
+def pad_to_bucket(tensor: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
+    """Pad the batch with zero images up to the smallest bucket that holds it (or leave it when
+    none does); the padded rows' outputs are ignored.
 
-    Every new input shape costs the runtime a setup (cuDNN picks kernels per shape), so a few
-    bucket sizes beat one shape per batch size; the padded rows' outputs are ignored.
-
-    >>> pad_to_bucket(np.ones((5, 1)), 32).shape, pad_to_bucket(np.ones((5, 1)), 6).shape
-    ((8, 1), (6, 1))
+    >>> pad_to_bucket(np.ones((5, 1)), (1, 8)).shape, pad_to_bucket(np.ones((1, 1)), (1, 8)).shape
+    ((8, 1), (1, 1))
+    >>> pad_to_bucket(np.ones((3, 1)), (1, 2, 4, 8)).shape, pad_to_bucket(np.ones((9, 1)), (1, 8)).shape
+    ((4, 1), (9, 1))
     """
     n = len(tensor)
-    bucket = min(1 << (n - 1).bit_length(), max(max_batch, n))
+    bucket = min((b for b in buckets if b >= n), default=n)
     if bucket == n:
         return tensor
     pad = np.zeros((bucket - n, *tensor.shape[1:]), tensor.dtype)

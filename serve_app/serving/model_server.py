@@ -231,7 +231,7 @@ class ModelServerCore:
         batcher = getattr(loaded, "batcher", None)
         if batcher is None:
             batcher = TensorBatcher(loaded.model.run, self.settings.max_batch_size, self.settings.batch_wait_timeout_s,
-                                    self.infer_pool)
+                                    self.infer_pool, buckets=self.settings.buckets, in_flight=lambda: loaded.in_flight)
             loaded.batcher = batcher
         return batcher
 
