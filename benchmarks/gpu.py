@@ -130,6 +130,11 @@ VARIANTS = {
     # front of the gateways' own HTTP servers (no Python proxy on the path), gRPC between gateway
     # and replicas, user code on the replica's event loop
     "haproxy": {"env": HAPROXY},
+    # with buckets 1, 2, 4, 8 (four sessions per model) instead of 1 and 8
+    "haproxy-4-buckets": {"env": HAPROXY, "args": {"batch_buckets": [2, 4]}},
+    # cuDNN limited to its default workspace (onnxruntime lets it take the maximum by default)
+    "haproxy-small-workspace": {"env": HAPROXY, "args": {"providers": [
+        ["CUDAExecutionProvider", {"cudnn_conv_use_max_workspace": "0"}], "CPUExecutionProvider"]}},
     # the same config behind Ray's Python proxy (a plain `serve run`)
     "proxy": {},
     # the replicas as the HTTP ingress, no gateway (no alias resolution before routing, no affinity)

@@ -1,6 +1,9 @@
-"""Plot benchmarks/results/gpu/*.json: throughput and latency against clients.
+"""Plot GPU benchmark results (benchmarks/gpu.py's JSON): throughput and latency against clients
+for every server variant, and where a request's time goes (Server-Timing) for the first variant.
 
-    python -m benchmarks.gpu_plot benchmarks/results/gpu/gpu_h200_r2.json ...
+    python -m benchmarks.gpu_plot benchmarks/results/gpu/gpu_h200.json [more.json ...]
+
+Writes gpu.png beside the first file.
 """
 from __future__ import annotations
 
@@ -13,17 +16,46 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+STAGES = ("decode", "preprocess", "inference", "postprocess")
+
+
+def variants(result: dict) -> dict[str, dict]:
+    """``{name: server result}``; results written before variants existed hold one unnamed server."""
+    server = result.get("server", {})
+    return {"": server} if "sweep" in server else server
+
+
+def breakdown(row: dict) -> dict[str, float]:
+    """Median ms per part of one sweep level: the replica's stages, the rest of the replica, the
+    gateway hop (gateway total minus replica total), proxy and client (client p50 minus gateway).
+
+    >>> breakdown({"p50_ms": 20, "server_timing_p50_ms": {"decode": 2, "preprocess": 1, "inference": 5,
+    ...            "postprocess": 2, "total": 11, "gateway": 15}})["proxy + client"]
+    5
+    """
+    t = row.get("server_timing_p50_ms") or {}
+    parts = {s: t.get(s, 0.0) for s in STAGES}
+    parts["replica, other"] = max(0.0, t.get("total", 0.0) - sum(parts.values()))
+    if "gateway" in t:
+        parts["gateway hop"] = max(0.0, t["gateway"] - t.get("total", 0.0))
+    parts["proxy + client"] = max(0.0, row["p50_ms"] - t.get("gateway", t.get("total", 0.0)))
+    return parts
+
 
 def plot(paths: list[Path], out: Path) -> None:
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.6))
+    first = None
     for p in paths:
         d = json.loads(p.read_text())
-        s = d["server"]
-        label = f"{p.stem}: {s['replicas']} replicas, batch<={s['max_batch']}"
-        c = [r["clients"] for r in s["sweep"]]
-        a.plot(c, [r["req_per_s"] for r in s["sweep"]], "o-", label=label)
-        b.plot(c, [r["p50_ms"] for r in s["sweep"]], "o-", label=label + " p50")
-        b.plot(c, [r["p99_ms"] for r in s["sweep"]], "x--", label=label + " p99")
+        for name, s in variants(d).items():
+            if not s.get("sweep"):
+                continue
+            first = first or (name, s)
+            label = f"{name or p.stem}: {s['replicas']} replicas"
+            x = [r["clients"] for r in s["sweep"]]
+            a.plot(x, [r["req_per_s"] for r in s["sweep"]], "o-", label=label)
+            b.plot(x, [r["p50_ms"] for r in s["sweep"]], "o-", label=label + " p50")
+            b.plot(x, [r["p99_ms"] for r in s["sweep"]], "x--", label=label + " p99")
         raw = d.get("raw_ort")
         if raw:
             a.axhline(raw["batch1_numpy"]["img_per_s"], color="grey", ls=":", label="raw ORT batch 1 (NumPy)")
@@ -37,7 +69,20 @@ def plot(paths: list[Path], out: Path) -> None:
     b.set_ylabel("latency, ms")
     a.legend(fontsize=6)
     b.legend(fontsize=6)
-    fig.suptitle("YOLOv8n 640, 640x480 JPEG, one H200: this server vs raw ONNX Runtime")
+    if first:
+        name, s = first
+        rows = [breakdown(r) for r in s["sweep"]]
+        labels = [str(r["clients"]) for r in s["sweep"]]
+        bottom = [0.0] * len(rows)
+        for part in rows[0]:
+            vals = [r.get(part, 0.0) for r in rows]
+            c.bar(labels, vals, bottom=bottom, label=part)
+            bottom = [x + y for x, y in zip(bottom, vals)]
+        c.set_xlabel("concurrent clients")
+        c.set_ylabel("median ms (stacked)")
+        c.set_title(f"where a request's time goes: {name}", fontsize=9)
+        c.legend(fontsize=6)
+    fig.suptitle("YOLOv8n 640, 640x480 JPEG, one H200 (16 cores): this server vs raw ONNX Runtime")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
