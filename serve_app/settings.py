@@ -57,6 +57,7 @@ class Settings:
     batch_wait_timeout_s: float = 0.002
     batch_buckets: tuple[int, ...] = ()  # batch sizes besides 1 and max_batch_size that batches are padded to
     session_per_batch_size: bool = True  # on a GPU: one session per batch bucket (see SessionOptions)
+    tensorrt_cache_dir: str | None = None  # TensorRT engines and timing caches; default: <cache_dir>/tensorrt
     inference_threads: int = 0  # session calls in flight per replica; 0 = 1 on the CPU, 2 with a GPU provider
     max_body_bytes: int = 30 * 2**20
     image_max_file_bytes: int = 20 * 2**20
@@ -86,8 +87,8 @@ class Settings:
             if key in args and args[key] is not None:
                 value = args[key]
                 args[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        for key in ("state_dir", "cache_dir"):
-            if key in args and not os.path.isabs(args[key]):
+        for key in ("state_dir", "cache_dir", "tensorrt_cache_dir"):
+            if args.get(key) and not os.path.isabs(args[key]):
                 args[key] = str((PROJECT_ROOT / args[key]).resolve())
         if "repositories" in args:
             args["repositories"] = tuple(str((PROJECT_ROOT / r).resolve()) if not os.path.isabs(r) else r
@@ -117,7 +118,8 @@ class Settings:
         return SessionOptions(providers=self.providers, intra_op_threads=self.intra_op_threads,
                               inter_op_threads=self.inter_op_threads,
                               batch_sizes=self.buckets if self.max_batch_size > 1 else (),
-                              session_per_batch_size=self.session_per_batch_size)
+                              session_per_batch_size=self.session_per_batch_size,
+                              tensorrt_cache_dir=self.tensorrt_cache_dir or os.path.join(self.cache_dir, "tensorrt"))
 
     @property
     def source_options(self) -> SourceOptions:
