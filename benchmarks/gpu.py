@@ -146,7 +146,7 @@ VARIANTS = {
 
 
 def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int, batch: int,
-                 cpu: bool = False, variant: dict | None = None, max_ongoing: int = 32) -> subprocess.Popen:
+                 cpu: bool = False, variant: dict | None = None, max_ongoing: int = 32, gpus: int = 1) -> subprocess.Popen:
     """``serve run`` of configs/serve_gpu.yaml with the bench repository, sizes and variant."""
     import yaml
 
@@ -162,7 +162,7 @@ def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int
             d.update(num_replicas=gateways, ray_actor_options={"num_cpus": 0.25 if cpu else 1})
         else:
             d.update(num_replicas=replicas, max_ongoing_requests=max_ongoing,
-                     ray_actor_options={"num_cpus": 0.5 if cpu else 2, "num_gpus": 0 if cpu else round(1 / replicas, 3)})
+                     ray_actor_options={"num_cpus": 0.5 if cpu else 2, "num_gpus": 0 if cpu else round(gpus / replicas, 3)})
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "RAY_USAGE_STATS_ENABLED": "0", **(variant or {}).get("env", {})}
     log = open(work / "serve.log", "wb")
@@ -249,6 +249,7 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--gateways", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--gpus", type=int, default=1, help="GPUs the replicas spread over (each gets gpus/replicas)")
     ap.add_argument("--replica-max-ongoing", type=int, default=32,
                     help="ModelServer max_ongoing_requests: past it a hot model spills onto more replicas")
     ap.add_argument("--variants", default="haproxy,proxy", help=f"comma-separated, of {sorted(VARIANTS)}")
@@ -295,7 +296,7 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
     work.mkdir()
     port = 18000
     server = start_server(work, Path("/tmp/gpubench-repo"), port, args.replicas, args.gateways, args.batch, args.cpu,
-                          VARIANTS[name], args.replica_max_ongoing)
+                          VARIANTS[name], args.replica_max_ongoing, args.gpus)
     url = f"http://127.0.0.1:{port}"
     direct = VARIANTS[name].get("args", {}).get("direct_ingress")
     try:

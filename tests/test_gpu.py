@@ -137,3 +137,42 @@ def test_a_replica_with_half_a_gpu_serves_on_it(ray_serve, tmp_path, scenes):
         assert where["memory_bytes"] > 0
     finally:
         teardown_app(app)
+
+
+def test_replicas_spread_over_two_gpus_share_one_artifact_fetch(ray_serve, tmp_path, scenes):
+    """On a machine of two GPUs: one replica per GPU, both preload the same model; its weights
+    come from the origin once and reach the second replica through the object store."""
+    import time
+
+    import cv2
+    import ray
+
+    from tests.conftest import deploy_app, teardown_app
+
+    if ray.cluster_resources().get("GPU", 0) < 2:
+        pytest.skip("fewer than two GPUs in this Ray node")
+    app = deploy_app(ray_serve, tmp_path, {"providers": list(CUDA), "preload": ["shapes-det/1"]}, replicas=2,
+                     model_server_extra={"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 1}})
+    try:
+        registry = app.actor("serve_app_registry")
+        deadline = time.time() + 30
+        while True:
+            replicas = ray.get(registry.replicas.remote())
+            holding = {rid: st for rid, st in replicas.items() if "shapes-det/1" in st.get("models", {})}
+            if len(holding) == 2 or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(holding) == 2, replicas
+        assert len({tuple(st["gpu_ids"]) for st in holding.values()}) == 2  # one GPU each
+        for st in holding.values():
+            assert st["models"]["shapes-det/1"]["providers"][0] == "CUDAExecutionProvider"
+        stats = ray.get(app.actor("serve_app_artifact_cache").describe.remote())
+        assert stats.get("origin", 0) + stats.get("disk", 0) == 1 and stats.get("object_store", 0) >= 1, stats
+        body = cv2.imencode(".png", scenes[1].image)[1].tobytes()
+        expected = builtin("shapes-det/1").predict([scenes[1].image], InferenceParams())[0]["predictions"]
+        for _ in range(4):
+            r = app.post("/infer", data=body, headers={"serve_multiplexed_model_id": "shapes-det/1"})
+            assert r.status_code == 200, r.text
+            assert len(r.json()["predictions"]) == len(expected)
+    finally:
+        teardown_app(app)

@@ -127,6 +127,7 @@ def test_1_a_budget_for_three_evicts_the_lru_for_the_fourth_and_refuses_a_model_
     (entry,) = where[HEAVY[3]]
     assert entry["memory_bytes"] == s["models"][HEAVY[3]]["memory_bytes"] and entry["last_used"] > time.time() - 60
     assert entry["replica"] and where["pin/1"][0]["pinned"] is True
+    assert entry["providers"] == ["CPUExecutionProvider"]  # what really ran (CUDA on a GPU: tests/test_gpu.py)
 
 
 def test_2_loads_of_different_models_overlap_and_six_requests_for_one_new_model_load_it_once(app, slow_origin):

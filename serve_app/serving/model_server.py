@@ -264,7 +264,7 @@ class ModelServerCore:
                       "load_seconds": info["load_seconds"], "requests": info["requests"],
                       "memory_bytes": info["memory_bytes"], "pinned": info["pinned"], "providers": info["providers"]}
                   for m, info in cache["models"].items()}
-        return {"models": models, "ready": self.ready, "pid": os.getpid(),
+        return {"models": models, "ready": self.ready, "pid": os.getpid(), "gpu_ids": _gpu_ids(),
                 "evictions": [e["model_id"] for e in self.cache.evictions[-100:]],
                 "loads": [{k: e[k] for k in ("model_id", "tier", "seconds", "memory_bytes", "started", "finished")}
                           for e in self.cache.loads[-100:]],
@@ -281,6 +281,14 @@ class ModelServerCore:
     def describe(self) -> dict:
         return {"replica": self.replica_id, "ready": self.ready, "loaded": list(self.cache.held()),
                 "evictions": [e["model_id"] for e in self.cache.evictions], **self.cache.describe()}
+
+
+def _gpu_ids() -> list[str]:
+    """The GPUs Ray gave this replica (empty on the CPU or outside Ray)."""
+    try:
+        return [str(g) for g in ray.get_gpu_ids()]
+    except Exception:
+        return []
 
 
 def _gpu_share() -> float:
