@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -314,3 +315,56 @@ def test_a_model_is_not_evicted_before_the_requests_that_waited_for_it_take_it()
         assert source.built == Counter({"a": 1, "b": 1})
 
     run(main())
+
+
+def test_a_gpu_load_is_measured_under_the_devices_lock_which_other_processes_share(tmp_path):
+    """Replicas sharing a GPU measure loads as the device's growth: each build runs inside the
+    probe's exclusive(), a lock file per device, so another process's load waits for it."""
+    import subprocess
+    import sys
+    from contextlib import contextmanager
+
+    from serve_app.serving.memory import device_lock
+
+    inside: list[bool] = []
+
+    class LockedProbe(FakeProbe):
+        device = "gpu"
+        held = False
+
+        @contextmanager
+        def exclusive(self):
+            with device_lock("7", 5.0, folder=str(tmp_path)):
+                LockedProbe.held = True
+                yield
+                LockedProbe.held = False
+
+    probe = LockedProbe()
+    source = FakeSource(probe, {"a": MB})
+    build = source.prepare
+
+    async def prepare(model_id, admit):
+        prepared = await build(model_id, admit)
+        inner = prepared.build
+
+        def checked():
+            inside.append(LockedProbe.held)
+            return inner()
+
+        return Prepared(prepared.model_id, prepared.artifact_bytes, prepared.tier, checked)
+
+    source.prepare = prepare
+    cache = ModelCache(source, CachePolicy(max_models=2), probe=probe, clock=Clock())
+    # another process (another replica) holds the device's lock for 1 s: our load waits for it
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from serve_app.serving.memory import device_lock\n"
+        "with device_lock('7', 5.0, folder=sys.argv[2]):\n    print('held', flush=True); time.sleep(1.0)"),
+        str(Path(__file__).resolve().parents[1]), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        run(touch(cache, "a"))
+        waited = time.monotonic() - started
+    finally:
+        holder.wait(10)
+    assert inside == [True] and waited >= 0.7, (inside, waited)

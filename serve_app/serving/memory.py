@@ -24,7 +24,12 @@ import glob
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Protocol
+
+import filelock
 
 log = logging.getLogger(__name__)
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -38,6 +43,9 @@ class MemoryProbe(Protocol):
 
     def total_bytes(self) -> int | None:
         """The device's capacity (host memory or GPU memory), if known."""
+
+    def exclusive(self) -> AbstractContextManager:
+        """Held around a measured load: whatever else changes what the probe sees waits meanwhile."""
 
 
 def host_rss_bytes(anonymous: bool = True) -> int:
@@ -115,19 +123,26 @@ class HostMemory:
     def total_bytes(self) -> int | None:
         return host_total_bytes()
 
+    def exclusive(self) -> AbstractContextManager:
+        return nullcontext()  # this process's own memory: the cache's build lock is enough
+
 
 class GpuMemory:
     """Device memory in use on the current CUDA device, as the CUDA runtime reports it.
 
-    The figure is device-wide: another process loading on the same GPU at the same moment adds
-    to a measurement. The cache takes the larger of it and the artifact's size, and a replica per
-    GPU (the usual layout) measures only itself.
+    The figure is device-wide: replicas sharing a GPU would count each other's loads, so a load
+    is measured under a lock file per physical device (:meth:`exclusive`) that every replica on
+    the node takes; inference arenas still growing elsewhere can add a little.
     """
 
     device = "gpu"
+    lock_timeout_s = 120.0
 
     def __init__(self, cudart: ctypes.CDLL) -> None:
         self._cudart = cudart
+
+    def exclusive(self) -> AbstractContextManager:
+        return device_lock(os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0] or "0", self.lock_timeout_s)
 
     @classmethod
     def open(cls) -> "GpuMemory | None":
@@ -163,6 +178,30 @@ class GpuMemory:
 
     def total_bytes(self) -> int | None:
         return self._info()[1]
+
+
+@contextmanager
+def device_lock(device: str, timeout_s: float, folder: str | None = None) -> Iterator[bool]:
+    """A lock file for one physical GPU, shared by the processes of a node; yields whether it was
+    taken (after ``timeout_s`` the measurement goes on without it, and says so in the log).
+
+    >>> with device_lock("test", 1.0) as held:
+    ...     held
+    True
+    """
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in device)
+    lock = filelock.FileLock(os.path.join(folder or tempfile.gettempdir(), f"serve_app-gpu-{name}.lock"))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except filelock.Timeout:
+        log.warning("GPU %s: another load held the measurement lock for %.0f s; measuring without it", device,
+                    timeout_s)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def _cudart_candidates() -> list[str]:

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Protocol
 
@@ -357,7 +357,9 @@ class ModelCache:
         return loaded
 
     def _build(self, prepared: Prepared) -> tuple[Any, int]:
-        with self._build_lock:
+        # the probe's own lock too: replicas sharing a GPU must not measure each other's loads
+        exclusive = getattr(self._probe, "exclusive", nullcontext)
+        with self._build_lock, exclusive():
             trim_heap()
             before = self._probe.used_bytes()
             model = prepared.build()
