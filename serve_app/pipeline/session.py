@@ -36,7 +36,7 @@ class SessionOptions:
     allow_spinning: bool = False  # ORT's idle threads busy-wait by default, stealing the cores the proxy needs
     # On a GPU, one session per batch size the batcher makes (its buckets): a CUDA session whose
     # input shape changes from call to call re-plans its convolutions every call (see
-    # benchmarks/results/gpu/gpu_session.json), a session that always sees one shape plans once.
+    # benchmarks/results/gpu/gpu_session_h200.json), a session that always sees one shape plans once.
     batch_sizes: tuple[int, ...] = ()
     session_per_batch_size: bool = True
 

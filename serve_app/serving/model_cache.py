@@ -14,8 +14,9 @@ Here:
   still serving requests keeps counting until its last request ends (it *drains*).
 - **Concurrency**: one load per model however many requests miss at once (they wait on it);
   loads of different models fetch their artifacts at the same time. Only the session build and
-  warm-up run one at a time (``_build_lock``): what the memory probe sees then belongs to one
-  model, and a build is CPU- or GPU-bound, so two at once finish no sooner.
+  warm-up run one at a time (``_build_lock``, and on a GPU the probe's lock file per device, which
+  replicas sharing the GPU take too): what the memory probe sees then belongs to one model, and a
+  build is CPU- or GPU-bound, so two at once finish no sooner.
 - **Failures**: a model that failed to load answers from the remembered failure, with
   ``Retry-After``, until its backoff (doubling per failed attempt) runs out.
 - **Leases**: :meth:`acquire` hands a model out with a lease already taken, so an eviction between
