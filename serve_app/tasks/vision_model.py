@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -63,6 +63,7 @@ class VisionModel:
     def _load_ocr(cls, manifest: Manifest, files: Mapping[str, Any], options: SessionOptions) -> "VisionModel":
         from serve_app.tasks.ocr import OcrConfig, OcrPipeline, load_alphabet
 
+        options = replace(options, batch_sizes=())  # OCR is not batched across requests: one session each
         det = OnnxSession.from_bytes(files["detector"], options, manifest.model_id + ":detector")
         rec = OnnxSession.from_bytes(files["recognizer"], options, manifest.model_id + ":recognizer")
         alphabet = load_alphabet(bytes(files["alphabet"]).decode("utf-8"))
