@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,9 @@ class FakeProbe:
 
     def total_bytes(self) -> int:
         return 1000 * MB
+
+    def exclusive(self):
+        return nullcontext()
 
 
 class FakeSource:

@@ -123,13 +123,7 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = 
     >>> decode_image_bytes(png.tobytes(), ImageLimits()).shape
     (2, 3, 3)
     """
-    size = len(data)
-    if size == 0:
-        raise InvalidImage("image is empty (0 bytes)")
-    if size > limits.max_file_bytes:
-        raise PayloadTooLarge(
-            f"image file is {size:,} bytes; the limit is {limits.max_file_bytes:,} bytes"
-        )
+    _check_size(data, "image", "image file", limits)
     try:
         with _quiet_pillow():  # the header: size, mode, EXIF orientation
             image = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
@@ -181,6 +175,14 @@ def _unidentified(data: bytes) -> InvalidImage:
         if data.startswith(magic) and (name != "WebP" or data[8:12] == b"WEBP"):
             return InvalidImage(f"image data starts like a {name} file but its header is corrupt")
     return InvalidImage(f"image data is not a recognised image format (supported: {_SUPPORTED})")
+
+
+def _check_size(data: bytes, empty_name: str, name: str, limits: ImageLimits) -> None:
+    """InvalidImage for an empty payload, PayloadTooLarge for one past ``max_file_bytes``."""
+    if not data:
+        raise InvalidImage(f"{empty_name} is empty (0 bytes)")
+    if len(data) > limits.max_file_bytes:
+        raise PayloadTooLarge(f"{name} is {len(data):,} bytes; the limit is {limits.max_file_bytes:,} bytes")
 
 
 def _check_pixels(size: tuple[int, int], limits: ImageLimits) -> None:
@@ -394,13 +396,7 @@ def decode_npy(data: bytes, limits: ImageLimits) -> np.ndarray:
     >>> decode_npy(buffer.getvalue(), ImageLimits()).shape
     (2, 3, 3)
     """
-    size = len(data)
-    if size == 0:
-        raise InvalidImage("npy image is empty (0 bytes)")
-    if size > limits.max_file_bytes:
-        raise PayloadTooLarge(
-            f"npy image is {size:,} bytes; the limit is {limits.max_file_bytes:,} bytes"
-        )
+    _check_size(data, "npy image", "npy image", limits)
     if data[:1] == b"\x80":
         raise InvalidImage(
             "npy image is pickled data; pickled data is never accepted: send an array saved "

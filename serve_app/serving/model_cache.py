@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Protocol
 
@@ -359,8 +359,7 @@ class ModelCache:
 
     def _build(self, prepared: Prepared) -> tuple[Any, int]:
         # the probe's own lock too: replicas sharing a GPU must not measure each other's loads
-        exclusive = getattr(self._probe, "exclusive", nullcontext)
-        with self._build_lock, exclusive():
+        with self._build_lock, self._probe.exclusive():
             trim_heap()
             before = self._probe.used_bytes()
             model = prepared.build()
