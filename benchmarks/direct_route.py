@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,22 +22,15 @@ import numpy as np
 import requests
 import yaml
 
+from benchmarks.servers import ManagedProcess, free_port
 from zoo.shapes import draw_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(direct: bool, work: Path) -> tuple[subprocess.Popen, str]:
+def _serve(direct: bool, work: Path) -> tuple[ManagedProcess, str]:
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    port = _free_port()
+    port = free_port()
     config["http_options"]["port"] = port
     app = config["applications"][0]
     app["args"].update(direct_ingress=direct, providers=["CPUExecutionProvider"], cache_dir=str(work / "cache"),
@@ -48,9 +39,8 @@ def _serve(direct: bool, work: Path) -> tuple[subprocess.Popen, str]:
         app["deployments"] = [d for d in app["deployments"] if d["name"] != "Gateway"]
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(work / "config.yaml")], cwd=ROOT,
-                            env=env, stdout=open(work / "serve.log", "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = ManagedProcess("serve", [str(Path(sys.executable).parent / "serve"), "run", str(work / "config.yaml")],
+                          cwd=ROOT, env=env, log_path=work / "serve.log", marker=str(work / "ray"))
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -104,16 +94,12 @@ def main() -> None:
                         break
                 except requests.RequestException:
                     pass
-                assert time.time() < deadline and proc.poll() is None, (work / "serve.log").read_text()[-2000:]
+                assert time.time() < deadline and proc.alive(), proc.tail()
                 time.sleep(1)
             results[name] = _measure(url + path, body, args.requests, args.clients, args.duration)
             print(name, json.dumps(results[name]), flush=True)
         finally:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            proc.stop()
     out = ROOT / "benchmarks" / "results" / "direct_route.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")

@@ -16,13 +16,13 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.servers import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ VARIANTS = {
 
 
 def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int, batch: int,
-                 cpu: bool = False, variant: dict | None = None, max_ongoing: int = 32, gpus: int = 1) -> subprocess.Popen:
+                 cpu: bool = False, variant: dict | None = None, max_ongoing: int = 32, gpus: int = 1) -> ManagedProcess:
     """``serve run`` of configs/serve_gpu.yaml with the bench repository, sizes and variant."""
     import yaml
 
@@ -165,10 +165,9 @@ def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int
                      ray_actor_options={"num_cpus": 0.5 if cpu else 2, "num_gpus": 0 if cpu else round(gpus / replicas, 3)})
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "RAY_USAGE_STATS_ENABLED": "0", **(variant or {}).get("env", {})}
-    log = open(work / "serve.log", "wb")
-    return subprocess.Popen([sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run",
-                             str(work / "config.yaml")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return ManagedProcess("serve", [sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run",
+                                    str(work / "config.yaml")], cwd=ROOT, env=env, log_path=work / "serve.log",
+                          marker=str(work / "ray"))
 
 
 def _client(url: str, models: list[str], bodies: list[bytes], workers: int, duration: float, q) -> None:
@@ -286,7 +285,7 @@ def main() -> None:
 
 def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: list[bytes], out: dict, save) -> None:
     """One server variant: start it, warm 12 models, sweep clients, spread over 3 and 12 models,
-    cold loads of 4 new models; stop it (its process group) whatever happens."""
+    cold loads of 4 new models; stop it (and every process it started) whatever happens."""
     import shutil
 
     import requests
@@ -312,8 +311,8 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
                     break
             except requests.RequestException:
                 pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError((work / "serve.log").read_text()[-4000:])
+            if time.time() > deadline or not server.alive():
+                raise RuntimeError(server.tail(60))
             time.sleep(2)
         infer = url + "/infer"
         t = time.perf_counter()
@@ -347,11 +346,7 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
             out["loads"] = [e for m in reg["models"] for e in m.get("loaded_on", [])]
         save()
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        out["stop"] = server.stop()
         out["serve_log_tail"] = (work / "serve.log").read_text(errors="replace")[-3000:]
         save()
 
