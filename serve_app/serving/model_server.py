@@ -18,7 +18,6 @@ import logging
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,7 @@ from serve_app.serving.metrics import NoMetrics, ReplicaMetrics
 from serve_app.serving.model_cache import Broadcast, CacheEvents, CachePolicy, ModelCache
 from serve_app.serving.routing import (RATES_REPORTED, BusyTime, ModelAwareRouter, RequestRates, RoutingReport,
                                       routing_stats)
+from serve_app.serving.scheduler import inference_executor, run_as
 from serve_app.settings import Settings
 from serve_app.tasks.params import InferenceParams
 
@@ -86,10 +86,12 @@ class ModelServerCore:
         self._routing_dirty = True
         self._report_due = 0.0
         self._background: asyncio.Task | None = None
-        # on the CPU one inference at a time per replica (ONNX Runtime already uses every core it is
-        # given); on a GPU two, so one model's host copies and kernel launches overlap another's
-        threads = s.inference_threads or (2 if probe.device == "gpu" else 1)
-        self.infer_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer")
+        # "fair" (serving/scheduler.py): per-model queues and a thread left for the other models, so a
+        # slow model cannot hold a fast one's requests hostage; "fifo": one shared queue, 1 thread on the
+        # CPU (ONNX Runtime already uses every core it is given), 2 on a GPU (one model's host copies and
+        # kernel launches overlap another's)
+        self.infer_pool = inference_executor(s.inference_scheduler, s.inference_threads, s.inference_model_threads,
+                                             gpu=probe.device == "gpu")
         log.info("replica %s: models measured on the %s, budget %s, at most %d models", self.replica_id, probe.device,
                  f"{budget / 2**20:.0f} MiB" if budget else "none (count cap only)", s.max_models_per_replica)
 
@@ -193,6 +195,7 @@ class ModelServerCore:
                 stages["load_wait"] = queued - decoded
             try:
                 model = loaded.model
+                run_as(model_id)  # the executor's calls from here (the batcher's too) count as this model's
                 loop = asyncio.get_running_loop()
                 # batching pays on an accelerator; on the CPU one session call already uses every core
                 on_cpu = not model.providers or model.providers[0] == "CPUExecutionProvider"
