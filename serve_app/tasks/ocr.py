@@ -38,8 +38,9 @@ from serve_app.tasks.ocr_recognition import crop_quad, ctc_greedy_decode, load_a
 __all__ = [
     "OcrConfig", "OcrPipeline", "OcrResult", "TextBox", "TextLine", "crop_quad", "ctc_greedy_decode",
     "db_postprocess", "det_preprocess", "load_alphabet", "pad_for_detection", "rec_preprocess",
-    "sort_reading_order",
+    "sort_reading_order", "warm_up_image",
 ]
+WARM_UP_LINES = ("WARM UP 0123", "OCR READY")
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,19 @@ def pad_for_detection(image: np.ndarray, min_height: int, max_aspect: float) -> 
     return cv2.copyMakeBorder(image, pad, pad, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0)), pad
 
 
+def warm_up_image() -> np.ndarray:
+    """A 640x480 white page with two lines of black text (``WARM_UP_LINES``): a warm-up inference
+    on it runs the detector, its post-processing, the crops and the recogniser.
+
+    >>> warm_up_image().shape
+    (480, 640, 3)
+    """
+    image = np.full((480, 640, 3), 255, np.uint8)
+    for i, text in enumerate(WARM_UP_LINES):
+        cv2.putText(image, text, (40, 120 + 110 * i), cv2.FONT_HERSHEY_DUPLEX, 1.6, (0, 0, 0), 3, cv2.LINE_AA)
+    return image
+
+
 def _as_bgr(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
         raise InvalidImage(f"expected a uint8 HxW or HxWx3 image, got {image.dtype} {image.shape}")
@@ -220,6 +234,18 @@ class OcrPipeline:
             for i, decoded in zip(chunk, ctc_greedy_decode(self._run_recognizer(batch), self.alphabet)):
                 results[i] = decoded
         return results
+
+    def warm_up(self) -> int:
+        """Read :func:`warm_up_image` once, so the first request does not pay the sessions' first
+        runs; returns the text boxes found. When the detector finds none (a model that reads no
+        such text), the recogniser still runs once, on a blank crop."""
+        image = warm_up_image()
+        boxes = self.detect(image)
+        if boxes:
+            self.recognize([crop_quad(image, box.quad) for box in boxes])
+        else:
+            self.recognize([np.zeros((self.config.rec_image_height, self.config.rec_image_width, 3), np.uint8)])
+        return len(boxes)
 
     def predict(self, image_bgr: np.ndarray) -> OcrResult:
         """Read all text lines of a BGR (or grayscale) uint8 image."""

@@ -69,7 +69,12 @@ class VisionModel:
         alphabet = load_alphabet(bytes(files["alphabet"]).decode("utf-8"))
         pipeline = OcrPipeline(lambda x: det.run(x)[0], lambda x: rec.run(x)[0], alphabet,
                                OcrConfig.from_manifest(manifest.ocr or {}))
-        return cls(manifest, det, ocr=pipeline)
+        started = time.perf_counter()
+        try:  # a page of text: both sessions run now, not on the first request
+            pipeline.warm_up()
+        except Exception as exc:
+            raise ModelLoadError(f"{manifest.model_id}: warm-up inference failed: {str(exc)[:300]}") from None
+        return cls(manifest, det, ocr=pipeline, warmup_seconds=time.perf_counter() - started)
 
     @property
     def providers(self) -> list[str]:
