@@ -63,8 +63,20 @@ class ImageFetchError(BadRequest):
     code = "image_fetch_failed"
 
 
+class UriNotAllowed(BadRequest):
+    """400: the fetch policy does not let the server reach this URI (scheme, host, address, folder)."""
+
+    code = "uri_not_allowed"
+
+
 class Unauthorized(ServeAppError):
     status, code = 401, "unauthorized"
+
+
+class Forbidden(ServeAppError):
+    """403: the route is closed (admin routes without an admin key on a non-loopback bind)."""
+
+    status, code = 403, "forbidden"
 
 
 class RouteNotFound(ServeAppError):

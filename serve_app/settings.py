@@ -1,8 +1,12 @@
 """The one typed settings object, built once from the application's arguments in serve_config.yaml.
 
 No module reads the environment on its own; the few environment variables honoured are read
-here (``SERVE_APP_STATE_DIR``, ``SERVE_APP_CACHE_DIR``, ``SERVE_APP_S3_ENDPOINT``), so tests and
-deployments can point the state at a scratch folder without editing the YAML.
+here (``SERVE_APP_STATE_DIR``, ``SERVE_APP_CACHE_DIR``, ``SERVE_APP_S3_ENDPOINT``, and the keys
+``SERVE_APP_API_KEY`` and ``SERVE_APP_ADMIN_KEY``), so tests and deployments can point the state at
+a scratch folder, and keep keys out of the YAML, without editing it.
+
+Keys are held as :class:`~serve_app.secret.Secret` digests from the moment the settings are built:
+``repr`` and :meth:`Settings.to_args` (what actors and deployments receive) never hold a key.
 
 >>> s = Settings.from_args({"max_models_per_replica": 4})
 >>> s.max_models_per_replica, s.repositories[0].endswith("configs/models")
@@ -17,8 +21,10 @@ from typing import Any
 
 from serve_app.artifacts.sources import SourceOptions
 from serve_app.errors import ManifestError
+from serve_app.fetch_policy import FetchPolicy
 from serve_app.pipeline.images import ImageLimits
 from serve_app.pipeline.session import SessionOptions
+from serve_app.secret import Secret
 from serve_app.serving.batcher import batch_buckets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -71,13 +77,24 @@ class Settings:
     source_backoff_s: float = 0.2
     s3_endpoint: str | None = None
     s3_region: str | None = None
-    api_key: str | None = None
+    # URIs of models added at run time (POST /model/add): see fetch_policy.py and the README
+    model_uri_schemes: tuple[str, ...] = ("https", "http", "s3", "gs")
+    model_uri_allowed_hosts: tuple[str, ...] = ()  # http(s) hosts and s3/gs buckets; () = any public host, no bucket
+    model_uri_local_roots: tuple[str, ...] = ()    # folders file:// URIs from clients may name; () = none
+    model_uri_max_bytes: int = 4 * 2**30
+    api_key: Secret | None = None    # inference routes (and the admin routes while no admin_key is set)
+    admin_key: Secret | None = None  # /model/add, /model/remove, /model/clear; None: only on a loopback bind
     namespace: str = "serve_app"
+
+    def __post_init__(self) -> None:
+        for name in ("api_key", "admin_key"):
+            object.__setattr__(self, name, Secret.from_arg(getattr(self, name)))
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None = None) -> "Settings":
         args = dict(args or {})
-        env = {"state_dir": "SERVE_APP_STATE_DIR", "cache_dir": "SERVE_APP_CACHE_DIR", "s3_endpoint": "SERVE_APP_S3_ENDPOINT"}
+        env = {"state_dir": "SERVE_APP_STATE_DIR", "cache_dir": "SERVE_APP_CACHE_DIR", "s3_endpoint": "SERVE_APP_S3_ENDPOINT",
+               "api_key": "SERVE_APP_API_KEY", "admin_key": "SERVE_APP_ADMIN_KEY"}
         for key, var in env.items():
             if os.environ.get(var) and key not in args:
                 args[key] = os.environ[var]
@@ -85,7 +102,8 @@ class Settings:
         unknown = sorted(set(args) - set(known))
         if unknown:
             raise ManifestError(f"unknown application arguments {unknown}; known: {sorted(known)}")
-        for key in ("repositories", "pinned", "preload", "providers", "url_allowed_hosts", "batch_buckets"):
+        for key in ("repositories", "pinned", "preload", "providers", "url_allowed_hosts", "batch_buckets",
+                    "model_uri_schemes", "model_uri_allowed_hosts", "model_uri_local_roots"):
             if key in args and args[key] is not None:
                 value = args[key]
                 args[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
@@ -101,8 +119,17 @@ class Settings:
         return cls(**args)
 
     def to_args(self) -> dict[str, Any]:
-        """Plain data (lists, dicts) to hand to Ray actors and deployments."""
+        """Plain data (lists, dicts) to hand to Ray actors and deployments; keys only as digests."""
         return asdict(self)
+
+    @property
+    def client_model_policy(self) -> FetchPolicy:
+        """What the URIs of a model added by a client (``/model/add``) may reach."""
+        schemes = tuple(self.model_uri_schemes) + (("file",) if self.model_uri_local_roots else ())
+        return FetchPolicy(noun="weights", schemes=schemes, allowed_hosts=self.model_uri_allowed_hosts,
+                           allow_private=self.allow_private_urls, local_roots=self.model_uri_local_roots,
+                           max_bytes=self.model_uri_max_bytes, connect_timeout_s=5.0, read_timeout_s=30.0,
+                           deadline_s=None)
 
     @property
     def image_limits(self) -> ImageLimits:

@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote, urlsplit
 import pytest
 
 from serve_app.artifacts.sources import SourceOptions, fetch_to_file, redact_uri
-from serve_app.errors import ArtifactError, ModelLoadError
+from serve_app.errors import ArtifactError, ModelLoadError, UriNotAllowed
 
 # Seeded, not os.urandom: spawned child processes re-import this module and must agree.
 ARTIFACT = random.Random(20240611).randbytes(1 << 20)
@@ -250,7 +250,7 @@ def test_file_uri_and_plain_path(tmp_path: Path):
 
 @pytest.mark.parametrize("uri", ["ftp://host/w.onnx", "relative/w.onnx", "s3://bucket-only"])
 def test_unsupported_uris(uri):
-    with pytest.raises(ArtifactError):
+    with pytest.raises(UriNotAllowed):
         _fetch(uri)
 
 

@@ -45,6 +45,8 @@ def served(request):
     config = yaml.safe_load((ROOT / request.param).read_text())
     port = free_port()
     config["http_options"]["port"] = port
+    if request.param == "serve_config.yaml":  # as an operator opens it to the network: admin routes shut
+        config["http_options"]["host"] = "0.0.0.0"
     args = config["applications"][0]["args"]
     args.update(cache_dir=str(tmp / "cache"), state_dir=str(tmp / "state"))
     env = {**os.environ, "RAY_TMPDIR": str(tmp / "ray"), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -70,7 +72,7 @@ def served(request):
                 pass
             assert time.time() < deadline, (tmp / "serve.log").read_text()[-3000:]
             time.sleep(1)
-        yield url
+        yield url, config["http_options"]["host"]
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # serve run shuts its cluster down on Ctrl-C
         try:
@@ -91,6 +93,7 @@ def _post(url: str, model: str, image: np.ndarray) -> dict:
 
 
 def test_every_builtin_model_answers(served):
+    served, _ = served
     rng = np.random.default_rng(4242)
     scene = draw_scene(rng, size=(640, 480), max_shapes=4)
     truth = sorted(s.class_name for s in scene.shapes)
@@ -114,3 +117,18 @@ def test_every_builtin_model_answers(served):
             break
         time.sleep(0.3)
     assert {m["model_id"] for m in registry["models"]} >= wanted
+
+
+def test_admin_routes_are_shut_on_an_open_bind_without_an_admin_key(served):
+    url, host = served
+    calls = [("/model/add", {"model_id": "x/1", "weights_uri": "https://example.com/w.onnx"}),
+             ("/model/remove", {"model_id": "nothing/1"}), ("/model/clear", {}),
+             ("/model/alias", {"alias": "y", "model_id": "shapes-det/1"})]
+    for path, body in calls:
+        r = requests.post(url + path, json=body, timeout=60)
+        if host == "127.0.0.1":  # loopback only: open (no keys configured)
+            assert r.status_code in (200, 400, 404), (path, r.text)
+        else:
+            assert r.status_code == 403, (path, r.text)
+            assert r.json()["error"] == "forbidden" and "admin_key" in r.json()["message"]
+    assert "shapes-det/1" in {m["model_id"] for m in requests.get(url + "/model/registry", timeout=30).json()["available"]}

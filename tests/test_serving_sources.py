@@ -56,6 +56,8 @@ def app(ray_serve, tmp_path_factory, s3_endpoint, origin, slow_origin) -> Deploy
                                            "filler-b/1": colour_classifier(3)})
     deployed = deploy_app(ray_serve, tmp, {"repositories": [str(repo)], "max_models_per_replica": 2,
                                            "s3_endpoint": s3_endpoint, "s3_region": "us-east-1",
+                                           # clients may add models from these (loopback: allow_private_urls)
+                                           "model_uri_allowed_hosts": [BUCKET, "127.0.0.1"],
                                            "load_timeout_s": 3, "source_backoff_s": 0.05},
                           # moto takes any credentials; pyarrow reads them from the actors' environment
                           env_vars={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",

@@ -18,10 +18,14 @@ class ArtifactCacheActor:
         logging.basicConfig(level=logging.INFO)
         s = Settings(**settings_args)
         disk = DiskCache(Path(s.cache_dir), s.disk_cache_max_bytes)
-        self._store = ArtifactStore(disk, s.source_options, s.object_store_cache_bytes, ray.put)
+        self._store = ArtifactStore(disk, s.source_options, s.object_store_cache_bytes, ray.put,
+                                    s.client_model_policy)
 
     async def get(self, files: dict[str, dict]) -> dict[str, dict]:
         return await self._store.get(files)
+
+    async def get_uri(self, uri: str, policy: str = "client") -> dict:
+        return await self._store.get_uri(uri, policy)
 
     def forget(self, sha256: str) -> None:
         self._store.forget(sha256)

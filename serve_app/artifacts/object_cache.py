@@ -5,11 +5,20 @@ LRU of object refs bounded in bytes and makes one fetch per artifact however man
 once (single flight). Below it is the node's :class:`DiskCache`, below that the origin.
 The actor itself must do the ``put`` so that it owns the objects: they outlive the replica that
 asked first, and are freed when the LRU drops them.
+
+Each file spec names the fetch policy its URI is fetched under (``"policy": "operator"`` for the
+operator's repositories, ``"client"`` for models added at run time; a spec without one is fetched
+as a client's). :meth:`ArtifactStore.get_uri` fetches a file whose digest is not known yet (the
+weights of ``/model/add``): the registry reads the model's metadata from the blob it returns, and
+the replicas that load the model later find the same blob, so the origin is read once.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +29,7 @@ import numpy as np
 from serve_app.artifacts.disk_cache import DiskCache
 from serve_app.artifacts.sources import SourceOptions, fetch_to_file, redact_uri
 from serve_app.errors import ArtifactCorrupt, ArtifactError
+from serve_app.fetch_policy import OPERATOR_POLICY, FetchPolicy
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +42,15 @@ class _Entry:
 
 class ArtifactStore:
     def __init__(self, disk: DiskCache, options: SourceOptions, max_bytes: int,
-                 put: Callable[[np.ndarray], Any]) -> None:
+                 put: Callable[[np.ndarray], Any], client_policy: FetchPolicy) -> None:
         self._disk = disk
         self._options = options
+        self._policies = {"operator": OPERATOR_POLICY, "client": client_policy}
         self._max_bytes = max_bytes
         self._put = put
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._inflight: dict[str, asyncio.Future] = {}
+        self._uri_inflight: dict[str, asyncio.Future] = {}
         self.stats = {"object_store": 0, "disk": 0, "origin": 0, "evicted": 0}
 
     @property
@@ -83,9 +95,64 @@ class ArtifactStore:
         finally:
             self._inflight.pop(sha, None)
 
+    def policy(self, name: str | None) -> FetchPolicy:
+        """The named policy; anything but ``"operator"`` is a client's."""
+        return self._policies["operator" if name == "operator" else "client"]
+
+    async def get_uri(self, uri: str, policy: str | None = "client") -> dict:
+        """Fetch ``uri`` (digest unknown), keep it by its digest: ``{"sha256", "size", "ref": [ref], "tier"}``.
+
+        Single flight per URI; the blob then serves :meth:`get` for that digest like any other.
+        """
+        pending = self._uri_inflight.get(uri)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._uri_inflight[uri] = future
+        try:
+            sha, size = await asyncio.to_thread(self._fetch_unknown, uri, self.policy(policy))
+            ref, tier, _ = await self._get_one({"uri": uri, "sha256": sha, "size": size, "policy": policy})
+            answer = {"sha256": sha, "size": size, "ref": [ref], "tier": "origin" if tier == "disk" else tier}
+            future.set_result(answer)
+            return answer
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            self._uri_inflight.pop(uri, None)
+
+    def _fetch_unknown(self, uri: str, policy: FetchPolicy) -> tuple[str, int]:
+        """Download to a temp file beside the disk cache, then into the cache under its digest."""
+        self._disk.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._disk.root, prefix=".by-uri.", suffix=".part")
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                size = fetch_to_file(uri, f, self._options, policy=policy)
+                f.seek(0)
+                digest = hashlib.sha256()
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            sha = digest.hexdigest()
+
+            def copy(dest: Any) -> int:
+                with open(tmp, "rb") as src:
+                    while chunk := src.read(1 << 20):
+                        dest.write(chunk)
+                return size
+
+            self._disk.get_or_fetch(sha, size, copy)
+            return sha, size
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
     def _fetch_and_put(self, spec: dict) -> tuple[Any, str]:
         uri, sha, size = spec["uri"], spec["sha256"], spec.get("size")
-        fetch = lambda f: fetch_to_file(uri, f, self._options, expected_size=size)  # noqa: E731
+        policy = self.policy(spec.get("policy"))
+        fetch = lambda f: fetch_to_file(uri, f, self._options, expected_size=size, policy=policy)  # noqa: E731
         try:
             cached = self._disk.get_or_fetch(sha, size, fetch)
         except ArtifactCorrupt as exc:  # a bad transfer or a bad mirror: one more try, then give up

@@ -1,5 +1,11 @@
 """Fetch an artifact from its origin: ``file://``, plain absolute paths, ``http(s)://``, ``s3://``
-and ``gs://``.
+and ``gs://``, under a :class:`~serve_app.fetch_policy.FetchPolicy`.
+
+What a URI may reach is the policy's call (``serve_app/fetch_policy.py``, the same rules as image
+URLs): the operator's repositories use ``OPERATOR_POLICY`` (anything), a model a client added at
+run time uses the strict client policy (no local files unless the operator names a folder, no
+private, loopback or link-local hosts, DNS pinned, allowed hosts and buckets). A refused URI raises
+:class:`~serve_app.errors.UriNotAllowed` before anything is opened or sent.
 
 The one entry point is :func:`fetch_to_file`, which streams the artifact into an open binary file
 in chunks (the whole artifact is never held in memory). Transient failures (connection errors,
@@ -17,6 +23,7 @@ metadata server) unless ``gcs_anonymous``. Nothing here reads secrets itself.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -25,17 +32,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-import requests
-
-from serve_app.errors import ArtifactError
+from serve_app.errors import ArtifactError, PayloadTooLarge, UriNotAllowed
+from serve_app.fetch_policy import (OPERATOR_POLICY, CheckedUri, FetchFailed, FetchPolicy, FetchRefused,
+                                    FetchTooLarge, check_uri, http_chunks)
 
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 _MAX_BACKOFF_S = 30.0
-_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Environment values that must never appear in a message, even if a library echoes them.
 _SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
@@ -121,13 +127,15 @@ def fetch_to_file(
     options: SourceOptions | None = None,
     *,
     expected_size: int | None = None,
+    policy: FetchPolicy = OPERATOR_POLICY,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Stream the artifact at ``uri`` into ``dest`` and return the number of bytes written.
 
     ``dest`` must be seekable: it is truncated to zero before every attempt, so on success it
     holds exactly the artifact. With ``expected_size`` a body of another length is an error
-    (retried, as a truncated transfer looks the same). Raises ``ArtifactError``.
+    (retried, as a truncated transfer looks the same). Raises ``ArtifactError``, ``UriNotAllowed``
+    (the policy refuses the URI: nothing was opened or sent) or ``PayloadTooLarge``.
 
     >>> import io, tempfile
     >>> with tempfile.NamedTemporaryFile() as src:
@@ -138,7 +146,7 @@ def fetch_to_file(
     options = options or SourceOptions()
     if expected_size is not None and expected_size < 0:
         raise ValueError(f"expected_size must be >= 0, got {expected_size}")
-    attempt_fn = _attempt_for(uri, options)
+    attempt_fn = _attempt_for(uri, options, policy)
     shown = redact_uri(uri)
     attempts = options.retries + 1
     for attempt in range(attempts):
@@ -182,94 +190,50 @@ def _copy(chunks: Iterator[bytes], dest: BinaryIO, uri: str, expected_size: int 
     return written
 
 
-def _attempt_for(uri: str, options: SourceOptions) -> Callable[[], Iterator[bytes]]:
-    """Pick the scheme's reader; each call of the result is one attempt from byte zero."""
+def checked_uri(uri: str, policy: FetchPolicy) -> CheckedUri:
+    """``uri`` checked against ``policy``; raises :class:`UriNotAllowed` before anything is opened."""
     try:
-        parts = urlsplit(uri)
-    except ValueError:
-        raise ArtifactError("artifact URI could not be parsed") from None
-    scheme = parts.scheme.lower()
-    if scheme == "" and uri.startswith("/"):
-        return lambda: _read_local(uri, uri)
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ArtifactError(f"file URI must be local, got host in {redact_uri(uri)}")
-        return lambda: _read_local(unquote(parts.path), uri)
-    if scheme in ("http", "https"):
-        return lambda: _read_http(uri, options)
-    if scheme in ("s3", "gs"):
-        if not parts.netloc or parts.path.strip("/") == "":
-            raise ArtifactError(f"{scheme} URI must be {scheme}://bucket/key, got {redact_uri(uri)}")
-        path = parts.netloc + unquote(parts.path)
-        return lambda: _read_object_store(scheme, path, uri, options)
-    raise ArtifactError(
-        f"unsupported artifact URI {redact_uri(uri)!r}: use file://, an absolute path, "
-        "http(s)://, s3:// or gs://"
-    )
+        return check_uri(uri, policy)
+    except FetchRefused as exc:
+        raise UriNotAllowed(exc.message) from None
 
 
-def _read_local(path: str, uri: str) -> Iterator[bytes]:
+def _attempt_for(uri: str, options: SourceOptions, policy: FetchPolicy) -> Callable[[], Iterator[bytes]]:
+    """Pick the scheme's reader; each call of the result is one attempt from byte zero."""
+    checked = checked_uri(uri, policy)
+    if checked.kind == "local":
+        return lambda: _read_local(checked.path, checked.shown)
+    if checked.kind == "http":
+        if policy.deadline_s is None:  # large artifacts: the deployment's own timeouts per read
+            policy = dataclasses.replace(policy, connect_timeout_s=options.connect_timeout_s,
+                                         read_timeout_s=options.read_timeout_s)
+        return lambda: _read_http(uri, policy, checked)
+    return lambda: _read_object_store(checked.scheme, checked.path, uri, options)
+
+
+def _read_local(path: str, shown: str) -> Iterator[bytes]:
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the generator
     except FileNotFoundError:
-        raise ArtifactError(f"artifact not found: {redact_uri(uri)}") from None
+        raise ArtifactError(f"artifact not found: {shown}") from None
     except (IsADirectoryError, PermissionError) as exc:
-        raise ArtifactError(f"cannot read {redact_uri(uri)}: {type(exc).__name__}") from None
+        raise ArtifactError(f"cannot read {shown}: {type(exc).__name__}") from None
     with f:
         while chunk := f.read(CHUNK_BYTES):
             yield chunk
 
 
-def _read_http(uri: str, options: SourceOptions) -> Iterator[bytes]:
-    shown = redact_uri(uri)
+def _read_http(uri: str, policy: FetchPolicy, checked: CheckedUri) -> Iterator[bytes]:
     try:
-        # identity: the bytes on the wire are the artifact, so Content-Length is its size.
-        response = requests.get(
-            uri,
-            stream=True,
-            timeout=(options.connect_timeout_s, options.read_timeout_s),
-            headers={"Accept-Encoding": "identity"},
-        )
-    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-            requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects) as exc:
-        raise ArtifactError(f"cannot fetch {shown}: {type(exc).__name__}") from None
-    except requests.RequestException as exc:
-        raise _Transient(_describe(exc, uri)) from None
-    with response:
-        status = response.status_code
-        if status in _RETRY_STATUSES or status >= 500:
-            raise _Transient(f"HTTP {status}", retry_after=_retry_after(response))
-        if status >= 400:
-            hint = {401: " (unauthorized)", 403: " (forbidden)", 404: " (not found)",
-                    410: " (gone)"}.get(status, "")
-            raise ArtifactError(f"origin answered HTTP {status}{hint} for {shown}")
-        try:
-            yield from response.iter_content(chunk_size=CHUNK_BYTES)
-        except requests.RequestException as exc:
-            raise _Transient(_describe(exc, uri)) from None
-
-
-def _describe(exc: BaseException, uri: str) -> str:
-    text = str(exc)
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        kind = "connect timed out"
-    elif isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text:
-        kind = "read timed out"
-    elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        kind = "connection closed before the body ended"
-    elif "Connection refused" in text:
-        kind = "connection refused"
-    else:
-        kind = type(exc).__name__
-    return f"{kind} ({_scrub(text, uri)})" if kind == type(exc).__name__ else kind
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date; the backoff is good enough
+        yield from http_chunks(uri, policy, checked)
+    except FetchRefused as exc:  # a redirect the policy does not allow
+        raise UriNotAllowed(exc.message) from None
+    except FetchTooLarge as exc:
+        raise PayloadTooLarge(exc.message) from None
+    except FetchFailed as exc:
+        if exc.transient:
+            raise _Transient(exc.detail, retry_after=exc.retry_after) from None
+        raise ArtifactError(exc.message) from None
 
 
 def _object_store(scheme: str, options: SourceOptions):

@@ -36,6 +36,7 @@ def build_routes(gateway: Any) -> list[Route]:
         Route("/model/add", gateway.handle_add, methods=["POST"]),
         Route("/model/remove", gateway.handle_remove, methods=["POST"]),
         Route("/model/clear", gateway.handle_clear, methods=["POST"]),
+        Route("/model/alias", gateway.handle_alias, methods=["POST"]),
         Route("/{dataset}/{version}", gateway.handle_legacy, methods=["POST"]),
     ]
 

@@ -6,17 +6,16 @@ It also keeps what the replicas report (which models each holds, in LRU order), 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from serve_app.artifacts.sources import fetch_to_file
-from serve_app.errors import ManifestError
+from serve_app.artifacts.actor import artifact_cache_handle
+from serve_app.artifacts.sources import checked_uri
+from serve_app.errors import InvalidParameter, ManifestError
 from serve_app.registry.catalog import ModelCatalog
 from serve_app.registry.manifest import FileSpec, Manifest, manifest_from_ultralytics_metadata, validate_model_id
 from serve_app.settings import Settings
@@ -36,6 +35,10 @@ class ModelRegistryActor:
     def resolve(self, id_or_alias: str) -> dict:
         return self._catalog.resolve(id_or_alias).to_dict()
 
+    def resolve_key(self, key: str) -> dict:
+        """The manifest of a ``model_id@digest`` key (what replicas load)."""
+        return self._catalog.resolve_key(key).to_dict()
+
     def list_models(self) -> list[dict]:
         return [m.to_dict() for m in self._catalog.list()]
 
@@ -43,30 +46,35 @@ class ModelRegistryActor:
         return self._catalog.aliases()
 
     async def add(self, request: dict) -> dict:
-        """Add a full manifest (``{"manifest": {...}}``) or just weights (``{"model_id", "weights_uri"}``)."""
+        """Add a full manifest (``{"manifest": {...}}``) or just weights (``{"model_id", "weights_uri"}``).
+
+        Every URI is checked against the client policy before anything is fetched; weights without
+        a manifest are read through the artifact cache (one origin download for the metadata and
+        every replica's load).
+        """
+        policy = self._settings.client_model_policy
         if "manifest" in request:
             manifest = Manifest.from_dict(request["manifest"])
+            missing = [name for name, f in manifest.files.items() if not f.uri]
+            if missing:
+                raise InvalidParameter(f"a model added at run time must give each file a 'uri'; {missing} have none")
+            for spec in manifest.files.values():
+                await asyncio.to_thread(checked_uri, spec.uri, policy)
         else:
             model_id = validate_model_id(request.get("model_id"))
             uri = request.get("weights_uri")
             if not isinstance(uri, str) or not uri:
                 raise ManifestError("add needs 'manifest' or 'weights_uri' (an Ultralytics-exported ONNX file)")
-            manifest = await asyncio.to_thread(self._manifest_from_weights, model_id, uri)
+            await asyncio.to_thread(checked_uri, uri, policy)
+            manifest = await self._manifest_from_weights(model_id, uri)
         return self._catalog.add(manifest, replace=bool(request.get("replace", False))).to_dict()
 
-    def _manifest_from_weights(self, model_id: str, uri: str) -> Manifest:
-        import onnxruntime as ort
-
-        with tempfile.TemporaryFile() as f:
-            size = fetch_to_file(uri, f, self._settings.source_options)
-            f.seek(0)
-            data = f.read()
-        sha = hashlib.sha256(data).hexdigest()
-        try:
-            meta = dict(ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map)
-        except Exception as exc:
-            raise ManifestError(f"the weights at the given URI are not a loadable ONNX model: {str(exc)[:200]}") from None
-        return manifest_from_ultralytics_metadata(model_id, meta, FileSpec(sha256=sha, size=size, uri=uri))
+    async def _manifest_from_weights(self, model_id: str, uri: str) -> Manifest:
+        got = await artifact_cache_handle(self._settings).get_uri.remote(uri, "client")
+        blob = await got["ref"][0]
+        meta = await asyncio.to_thread(_onnx_metadata, blob)
+        return manifest_from_ultralytics_metadata(model_id, meta,
+                                                  FileSpec(sha256=got["sha256"], size=got["size"], uri=uri))
 
     def remove(self, model_id: str) -> None:
         self._catalog.remove(model_id)
@@ -91,6 +99,16 @@ class ModelRegistryActor:
 
     def ping(self) -> bool:
         return True
+
+
+def _onnx_metadata(blob: Any) -> dict[str, str]:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(bytes(memoryview(blob)), providers=["CPUExecutionProvider"])
+        return dict(session.get_modelmeta().custom_metadata_map)
+    except Exception:
+        raise ManifestError("the weights at the given URI are not a loadable ONNX model") from None
 
 
 def registry_handle(settings: Settings) -> Any:

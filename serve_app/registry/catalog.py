@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.errors import InvalidParameter, ManifestError, ModelNotFound
-from serve_app.registry.manifest import Manifest, validate_model_id
+from serve_app.registry.manifest import Manifest, split_key, validate_model_id
 
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "model.json"
@@ -58,6 +58,7 @@ class ModelCatalog:
             else:
                 log.warning("model repository %s does not exist", repo)
         self._added: dict[str, Manifest] = {}
+        self._replaced: dict[str, Manifest] = {}  # key -> a manifest replaced at run time (its copies drain)
         self._removed: set[str] = set()
         self._aliases: dict[str, str] = dict(aliases)
         self._load_state()
@@ -70,7 +71,8 @@ class ModelCatalog:
             return
         try:
             state = json.loads(self._state_path.read_text())
-            self._added = {k: Manifest.from_dict(v) for k, v in state.get("added", {}).items()}
+            # whatever the file says, a model added at run time came from a client
+            self._added = {k: Manifest.from_dict(v).supplied_by_client() for k, v in state.get("added", {}).items()}
             self._removed = set(state.get("removed", []))
             self._aliases.update(state.get("aliases", {}))
         except (ValueError, ManifestError, OSError) as exc:
@@ -106,6 +108,18 @@ class ModelCatalog:
             name = self._aliases[name]
         raise ModelNotFound(f"model {id_or_alias!r} is not in the registry")
 
+    def resolve_key(self, key: str) -> Manifest:
+        """The manifest of a :func:`model_key`: the current one, or one replaced lately (requests
+        already routed to the old weights still load them; new requests get the new key)."""
+        model_id, digest = split_key(key)
+        current = self.resolve(model_id)
+        if digest is None or current.digest == digest:
+            return current
+        old = self._replaced.get(key)
+        if old is None:
+            raise ModelNotFound(f"model {model_id!r} no longer has the weights {digest}; it was replaced")
+        return old
+
     def list(self) -> list[Manifest]:
         return [self._models()[k] for k in sorted(self._models())]
 
@@ -114,6 +128,8 @@ class ModelCatalog:
 
     # -- changes -------------------------------------------------------------------------------
     def add(self, manifest: Manifest, *, replace: bool = False) -> Manifest:
+        """Add a client's model: its files are fetched under the client policy from then on."""
+        manifest = manifest.supplied_by_client()
         if not all(f.uri for f in manifest.files.values()):
             raise InvalidParameter("a model added at run time must give each file a 'uri' (file, http(s), s3 or gs)")
         if manifest.model_id in self._aliases:
@@ -123,6 +139,11 @@ class ModelCatalog:
             if existing.to_dict() == manifest.to_dict():
                 return existing
             raise InvalidParameter(f"model {manifest.model_id!r} already exists with other files; remove it first")
+        previous = self._models().get(manifest.model_id)
+        if previous is not None and previous.digest != manifest.digest:
+            self._replaced[previous.key] = previous
+            while len(self._replaced) > 64:
+                self._replaced.pop(next(iter(self._replaced)))
         self._added[manifest.model_id] = manifest
         self._removed.discard(manifest.model_id)
         self._save_state()

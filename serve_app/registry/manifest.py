@@ -54,6 +54,25 @@ def validate_model_id(model_id: object) -> str:
     return model_id
 
 
+def model_key(model_id: str, digest: str) -> str:
+    """What a replica keeps a loaded model under, and Serve routes on: the id and its weights' digest.
+
+    >>> model_key("shapes-det/1", "3f2a9c1b00000000")
+    'shapes-det/1@3f2a9c1b00000000'
+    """
+    return f"{model_id}@{digest}"
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """``(model_id, digest)`` of a :func:`model_key` (digest None for a bare model id).
+
+    >>> split_key("shapes-det/1@3f2a"), split_key("shapes-det/1")
+    (('shapes-det/1', '3f2a'), ('shapes-det/1', None))
+    """
+    model_id, _, digest = key.partition("@")
+    return model_id, digest or None
+
+
 @dataclass(frozen=True)
 class FileSpec:
     """One artifact: ``path`` is relative to the manifest's folder; ``uri`` (file, http, s3, gs) wins if set."""
@@ -131,6 +150,8 @@ class Manifest:
     keypoints: KeypointSpec | None = None
     ocr: dict[str, Any] | None = None
     multi_label: bool = False
+    # added by a client at run time: its URIs are fetched under the strict client policy
+    client_supplied: bool = False
 
     @property
     def weights(self) -> FileSpec:
@@ -139,6 +160,29 @@ class Manifest:
     @property
     def total_size(self) -> int:
         return sum(f.size or 0 for f in self.files.values())
+
+    @property
+    def fetch_policy(self) -> str:
+        """The name of the policy its files are fetched under (see artifacts/object_cache.py)."""
+        return "client" if self.client_supplied else "operator"
+
+    @property
+    def digest(self) -> str:
+        """What identifies this model's weights: the files' sha256s, combined (a loaded copy is
+        kept under its id *and* this, so replacing the files serves the new weights)."""
+        import hashlib
+
+        joined = ",".join(f"{name}={spec.sha256}" for name, spec in sorted(self.files.items()))
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+    @property
+    def key(self) -> str:
+        return model_key(self.model_id, self.digest)
+
+    def supplied_by_client(self) -> "Manifest":
+        import dataclasses
+
+        return dataclasses.replace(self, client_supplied=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
@@ -183,6 +227,7 @@ class Manifest:
             input=_build(InputSpec, raw_input, "input"), preprocessing=_build(PreprocessingSpec, raw_pre, "preprocessing"),
             class_colors=dict(data.get("class_colors") or {}), keypoints=keypoints, ocr=data.get("ocr"),
             multi_label=bool(data.get("multi_label", arch == "multi-label")),
+            client_supplied=bool(data.get("client_supplied", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +243,8 @@ class Manifest:
             out["keypoints"] = {"names": list(self.keypoints.names), "skeleton": [list(e) for e in self.keypoints.skeleton]}
         if self.ocr is not None:
             out["ocr"] = self.ocr
+        if self.client_supplied:
+            out["client_supplied"] = True
         return out
 
 

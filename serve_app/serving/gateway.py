@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from serve_app.artifacts.actor import artifact_cache_handle
 from serve_app.errors import MethodNotAllowed, RouteNotFound, SchemaError
-from serve_app.http.auth import ApiKey
+from serve_app.http.auth import AdminAccess, ApiKey
 from serve_app.http.errors import (EXCEPTION_HANDLERS, as_serve_error,
                                    error_response)
 from serve_app.http.parsing import MODEL_ID_HEADER, is_json, media_type, multipart_file, parse_json, read_body
@@ -64,7 +64,7 @@ class GatewayCore:
 
     async def infer(self, manifest: Manifest, payload: dict[str, Any]) -> dict:
         """Forward to a replica holding the (already resolved) model; one retry if the replica dies."""
-        handle = self.model_server.options(multiplexed_model_id=manifest.model_id)
+        handle = self.model_server.options(multiplexed_model_id=manifest.key)
         for attempt in range(2):
             try:
                 return await asyncio.wait_for(handle.infer.remote(payload), self.settings.request_timeout_s)
@@ -76,7 +76,7 @@ class GatewayCore:
 
     async def load(self, model_id: str) -> dict:
         manifest = await self.resolve(model_id)
-        return await self.model_server.options(multiplexed_model_id=manifest.model_id).load.remote()
+        return await self.model_server.options(multiplexed_model_id=manifest.key).load.remote()
 
     async def unload_all(self) -> int:
         """Unload every loaded model from every replica that holds it (Roboflow's ``/model/clear``).
@@ -84,15 +84,16 @@ class GatewayCore:
         A call routed with a model's id reaches a replica holding it; each replica that held it
         answers ``unloaded`` once, so calling until one answers ``False`` reaches them all.
         """
-        view = await self.registry_view()
-        canonical = {m["model_id"] for m in view["available"]}
+        replicas = await self.registry.replicas.remote()
+        copies: dict[str, int] = {}
+        for state in replicas.values():
+            for model_id, info in state.get("models", {}).items():
+                key = info.get("key", model_id)
+                copies[key] = copies.get(key, 0) + 1
         unloaded = 0
-        for entry in view["models"]:
-            model_id = entry["model_id"]
-            if model_id not in canonical:  # an alias entry: its target is in the list too
-                continue
-            handle = self.model_server.options(multiplexed_model_id=model_id)
-            for _ in range(len(entry.get("loaded_on", [])) + 1):
+        for key, count in copies.items():
+            handle = self.model_server.options(multiplexed_model_id=key)
+            for _ in range(count + 1):
                 answer = await handle.unload.remote()
                 if not answer["unloaded"]:
                     break
@@ -106,8 +107,8 @@ class GatewayCore:
                                                          self.registry.aliases.remote())
         where: dict[str, list[dict]] = {}
         for rid, state in replicas.items():
-            for mid, info in state.get("models", {}).items():
-                where.setdefault(mid, []).append({"replica": rid, **info})
+            for model_id, info in state.get("models", {}).items():
+                where.setdefault(model_id, []).append({"replica": rid, **info})
         described = []
         for m in models:
             inp = m.get("input", {})
@@ -125,7 +126,8 @@ class Gateway:
         logging.basicConfig(level=logging.INFO)
         self.settings = Settings(**settings_args)
         self.core = GatewayCore(self.settings, model_server)
-        self.api_key = ApiKey(self.settings.api_key)
+        self.api_key = ApiKey(self.settings.api_key, self.settings.admin_key)
+        self.admin = AdminAccess(self.settings.admin_key, self.settings.api_key, bind_host=serve_bind_host())
         self.instance_id = str(uuid.uuid4())
         self.routes = build_routes(self)
 
@@ -138,21 +140,24 @@ class Gateway:
         elsewhere = request.headers.get("authorization") or request.query_params.get("api_key")
         return self.api_key.enabled and not elsewhere
 
-    def _authorize(self, request: Request, body: dict | None = None) -> None:
-        self.api_key.check(bearer=request.headers.get("authorization"), query=request.query_params.get("api_key"),
-                           body=(body or {}).get("api_key"))
+    def _authorize(self, request: Request, body: dict | None = None, *, admin: bool = False) -> None:
+        check = self.admin.check if admin else self.api_key.check
+        check(bearer=request.headers.get("authorization"), query=request.query_params.get("api_key"),
+              body=(body or {}).get("api_key"))
 
-    async def _json_body(self, request: Request) -> dict:
+    async def _json_body(self, request: Request, *, admin: bool = False) -> dict:
         """The JSON body, authorized: a body that cannot hold the key is a 401 before it is a 422."""
+        if admin:
+            self.admin.check_open()  # a closed admin plane answers 403 before reading anything
         if not self._key_in_body(request):
-            self._authorize(request)
+            self._authorize(request, admin=admin)
             return parse_json(await read_body(request, self.settings.max_body_bytes))
         try:
             data = parse_json(await read_body(request, self.settings.max_body_bytes))
         except SchemaError:
-            self._authorize(request)
+            self._authorize(request, admin=admin)
             raise
-        self._authorize(request, data)
+        self._authorize(request, data, admin=admin)
         return data
 
     # -- inference -----------------------------------------------------------------------------
@@ -254,7 +259,7 @@ class Gateway:
     async def handle_add(self, request: Request) -> Any:
         """Add a model (``manifest`` or ``weights_uri``) and/or load one (``model_id``, inference-sdk's load_model)."""
         try:
-            data = await self._json_body(request)
+            data = await self._json_body(request, admin=True)
             if "manifest" in data or "weights_uri" in data:
                 added = await self.core.registry.add.remote(data)
                 model_id = added["model_id"]
@@ -273,7 +278,7 @@ class Gateway:
 
     async def handle_remove(self, request: Request) -> Any:
         try:
-            data = await self._json_body(request)
+            data = await self._json_body(request, admin=True)
             model_id = validate_model_id(data.get("model_id"))
             await self.core.registry.remove.remote(model_id)
             self.core.invalidate()
@@ -281,9 +286,21 @@ class Gateway:
         except Exception as exc:
             return error_response(exc)
 
+    async def handle_alias(self, request: Request) -> Any:
+        """``POST /model/alias`` ``{"alias", "model_id"}``: point an alias at a model (admin)."""
+        try:
+            data = await self._json_body(request, admin=True)
+            alias, target = validate_model_id(data.get("alias")), validate_model_id(data.get("model_id"))
+            await self.core.registry.set_alias.remote(alias, target)
+            self.core.invalidate()
+            return JSONResponse(client_registry(await self.core.registry_view()))
+        except Exception as exc:
+            return error_response(exc)
+
     async def handle_clear(self, request: Request) -> Any:
         try:
-            self._authorize(request)
+            self.admin.check_open()
+            self._authorize(request, admin=True)
             await self.core.unload_all()
             return JSONResponse(client_registry(await self.core.registry_view()))
         except Exception as exc:
@@ -307,6 +324,17 @@ class Gateway:
             return JSONResponse({"name": "serve_app", "version": __version__, "uuid": self.instance_id})
         except Exception as exc:
             return error_response(exc)
+
+
+def serve_bind_host() -> str | None:
+    """The address Serve's HTTP proxy listens on (None if it cannot be read: the admin plane stays shut)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:
+        log.warning("could not read Serve's HTTP bind address; admin routes need the admin key")
+        return None
 
 
 def server_timing(stages: dict[str, float], gateway_total_s: float | None = None) -> str:

@@ -39,7 +39,8 @@ class ModelLoader:
         started = time.perf_counter()
         try:
             manifest = Manifest.from_dict(await self._resolve(model_id))
-            files = {name: {"uri": f.uri, "sha256": f.sha256, "size": f.size} for name, f in manifest.files.items()}
+            files = {name: {"uri": f.uri, "sha256": f.sha256, "size": f.size, "policy": manifest.fetch_policy}
+                     for name, f in manifest.files.items()}
             if all(f.size is not None for f in manifest.files.values()):
                 admit(sum(f.size or 0 for f in manifest.files.values()))  # a model that cannot fit costs no download
             fetched = await self._fetch(files)

@@ -50,6 +50,7 @@ class ModelLabels:
             self(model_id)
 
     def __call__(self, model_id: str) -> str:
+        model_id = model_id.partition("@")[0]  # a model key: one label per model, whatever its weights
         label = self._labels.get(model_id)
         if label is None:
             if len(self._labels) >= self._limit:
