@@ -28,6 +28,7 @@ from serve_app.artifacts.actor import artifact_cache_handle
 from serve_app.errors import ArtifactError, InvalidImage, SchemaError
 from serve_app.pipeline.images import load_image, load_image_bytes
 from serve_app.registry.actor import registry_handle
+from serve_app.registry.manifest import Manifest, split_key
 from serve_app.serving.batcher import TensorBatcher
 from serve_app.serving.loader import ModelLoader
 from serve_app.serving.memory import default_budget, probe_for, steady_allocator
@@ -132,11 +133,12 @@ class ModelServerCore:
         self.mark_changed()
 
     async def _canonical(self, model_id: str) -> str:
-        return (await self._resolve(model_id))["model_id"]
+        """The key (``model_id@digest``) of an id or alias: what the cache and the router use."""
+        return Manifest.from_dict(await self._resolve(model_id)).key
 
     # -- the tiers ----------------------------------------------------------------------------------
-    async def _resolve(self, model_id: str) -> dict:
-        return await self.registry.resolve.remote(model_id)
+    async def _resolve(self, key: str) -> dict:
+        return await self.registry.resolve_key.remote(key)
 
     async def _fetch(self, files: dict[str, dict]) -> dict[str, tuple[Any, str]]:
         for attempt in range(2):
@@ -150,10 +152,19 @@ class ModelServerCore:
         raise ArtifactError("artifact objects were lost twice in a row; retry", retry_after=2)
 
     # -- requests ----------------------------------------------------------------------------------
-    async def load(self, model_id: str) -> dict:
-        async with self.cache.lease(model_id) as loaded:
-            return {"replica": self.replica_id, "model_id": loaded.model_id, "tier": loaded.tier,
-                    "memory_bytes": loaded.memory_bytes}
+    async def load(self, key: str) -> dict:
+        async with self.cache.lease(key) as loaded:
+            self._drop_other_weights(key)
+            return {"replica": self.replica_id, "model_id": split_key(loaded.model_id)[0], "key": loaded.model_id,
+                    "tier": loaded.tier, "memory_bytes": loaded.memory_bytes}
+
+    def _drop_other_weights(self, key: str) -> None:
+        """A model's new weights are loaded: its copies with other weights go (once no request uses them)."""
+        model_id = split_key(key)[0]
+        for other in self.cache.model_ids():
+            if other != key and split_key(other)[0] == model_id:
+                log.info("replica %s: %s has new weights; releasing %s", self.replica_id, model_id, other)
+                self.cache.evict(other)
 
     def decode_images(self, request: dict) -> list[np.ndarray]:
         params = request.get("params") or {}
@@ -193,6 +204,7 @@ class ModelServerCore:
             queued = time.perf_counter()
             if not held:
                 stages["load_wait"] = queued - decoded
+                self._drop_other_weights(model_id)
             try:
                 model = loaded.model
                 run_as(model_id)  # the executor's calls from here (the batcher's too) count as this model's
@@ -263,17 +275,21 @@ class ModelServerCore:
     def state(self) -> dict:
         """What the registry keeps for ``GET /model/registry``: per model, its memory, last use, tier."""
         cache = self.cache.describe()
-        models = {m: {"loaded_at": info["loaded_at"], "last_used": info["last_used"], "tier": info["tier"],
+        # keyed by model id for people (a model's old weights, while they drain, are listed under "draining")
+        models = {split_key(m)[0]: {"key": m, "digest": split_key(m)[1], "loaded_at": info["loaded_at"],
+                                    "last_used": info["last_used"], "tier": info["tier"],
                       "load_seconds": info["load_seconds"], "requests": info["requests"],
                       "memory_bytes": info["memory_bytes"], "pinned": info["pinned"], "providers": info["providers"]}
                   for m, info in cache["models"].items()}
         return {"models": models, "ready": self.ready, "pid": os.getpid(), "gpu_ids": _gpu_ids(),
-                "evictions": [e["model_id"] for e in self.cache.evictions[-100:]],
-                "loads": [{k: e[k] for k in ("model_id", "tier", "seconds", "memory_bytes", "started", "finished")}
+                "evictions": [split_key(e["model_id"])[0] for e in self.cache.evictions[-100:]],
+                "loads": [{"model_id": split_key(e["model_id"])[0], "key": e["model_id"],
+                           **{k: e[k] for k in ("tier", "seconds", "memory_bytes", "started", "finished")}}
                           for e in self.cache.loads[-100:]],
                 "memory": {k: cache[k] for k in ("device", "budget_bytes", "used_bytes", "reserved_bytes",
                                                  "max_models")},
-                "loading": cache["loading"], "failures": cache["failures"], "stats": cache["stats"]}
+                "loading": [split_key(k)[0] for k in cache["loading"]], "draining": cache.get("draining", []),
+                "failures": {split_key(k)[0]: v for k, v in cache["failures"].items()}, "stats": cache["stats"]}
 
     def _report(self) -> None:
         self.registry.report_replica.remote(self.replica_id, self.state())
