@@ -19,13 +19,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from serve_app.artifacts.sources import SourceOptions
 from serve_app.errors import ManifestError
 from serve_app.fetch_policy import FetchPolicy
-from serve_app.pipeline.images import ImageLimits
-from serve_app.pipeline.session import SessionOptions
+from serve_app.options import ImageLimits, SessionOptions, SourceOptions, batch_buckets
 from serve_app.secret import Secret
-from serve_app.serving.batcher import batch_buckets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,13 +30,13 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from serve_app.errors import ArtifactError, PayloadTooLarge, UriNotAllowed
 from serve_app.fetch_policy import (OPERATOR_POLICY, CheckedUri, FetchFailed, FetchPolicy, FetchRefused,
                                     FetchTooLarge, check_uri, http_chunks)
+from serve_app.options import SourceOptions
 
 logger = logging.getLogger(__name__)
 
@@ -44,38 +44,6 @@ CHUNK_BYTES = 1 << 20
 _MAX_BACKOFF_S = 30.0
 # Environment values that must never appear in a message, even if a library echoes them.
 _SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """How to reach origins. One instance per deployment, built from settings.
-
-    ``retries`` counts retries after the first attempt: ``retries=3`` makes at most 4 attempts.
-    ``backoff_s`` is the first delay; it doubles per retry, times a jitter factor in [0.5, 1).
-    ``s3_endpoint_override`` may carry a scheme (``"http://127.0.0.1:9000"``) or not
-    (``"minio:9000"``, then HTTPS).
-    """
-
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-    retries: int = 3
-    backoff_s: float = 0.2
-    s3_endpoint_override: str | None = None
-    s3_region: str | None = None
-    s3_anonymous: bool = False
-    gcs_endpoint_override: str | None = None
-    gcs_anonymous: bool = False
-
-    def __post_init__(self) -> None:
-        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
-            raise ValueError(
-                f"timeouts must be > 0, got connect={self.connect_timeout_s} "
-                f"read={self.read_timeout_s}"
-            )
-        if self.retries < 0:
-            raise ValueError(f"retries must be >= 0, got {self.retries}")
-        if self.backoff_s < 0:
-            raise ValueError(f"backoff_s must be >= 0, got {self.backoff_s}")
 
 
 class _Transient(Exception):

@@ -7,14 +7,10 @@ that guard model weights URIs; only the limits differ. Errors: :class:`ImageFetc
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from serve_app.errors import ImageFetchError, PayloadTooLarge
 from serve_app.fetch_policy import (MAX_REDIRECTS, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge,
                                     host_allowed, is_public_address, normalise_host_pattern, read_http)
-
-if TYPE_CHECKING:
-    from serve_app.pipeline.images import ImageLimits
+from serve_app.options import ImageLimits
 
 __all__ = ["MAX_REDIRECTS", "fetch_image_url", "host_allowed", "image_policy", "is_public_address",
            "normalise_host_pattern"]
@@ -34,7 +30,6 @@ def fetch_image_url(url: str, limits: ImageLimits) -> bytes:
     Raises ImageFetchError (scheme, host, address, HTTP status, timeout, connection, redirects)
     or PayloadTooLarge past ``limits.url_max_bytes``.
 
-    >>> from serve_app.pipeline.images import ImageLimits
     >>> fetch_image_url("https://images.example.com/cat.jpg", ImageLimits())  # doctest: +SKIP
     b'\\xff\\xd8\\xff...'
     """

@@ -21,7 +21,6 @@ import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -29,7 +28,8 @@ import numpy as np
 from PIL import Image
 
 from serve_app.errors import InvalidImage, PayloadTooLarge
-from serve_app.pipeline.image_urls import fetch_image_url, normalise_host_pattern
+from serve_app.options import ImageLimits
+from serve_app.pipeline.image_urls import fetch_image_url
 
 __all__ = [
     "ImageLimits",
@@ -40,8 +40,6 @@ __all__ = [
     "load_image",
     "load_image_bytes",
 ]
-
-_MIB = 1024 * 1024
 
 # Formats Pillow may open. Restricting them keeps Pillow's riskier plugins (EPS runs
 # Ghostscript) away from client bytes. Its JPEG opener returns "MPO" for multi-picture JPEGs.
@@ -70,43 +68,6 @@ _URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 _ACCEPTED_TYPES = ("base64", "url", "npy")
 _PICKLE_TYPES = frozenset({"numpy", "numpy_object", "pil"})
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Limits applied to every client image; build once from settings and pass down.
-
-    ``max_pixels`` bounds decoded width x height (decompression bombs). Pillow refuses anything
-    above twice its own ``Image.MAX_IMAGE_PIXELS`` (179 M pixels by default) whatever this says.
-    ``url_allowed_hosts`` holds host names (``images.example.com``) or wildcards
-    (``*.example.com``: subdomains only); empty means any public host. With
-    ``allow_private_urls`` False, hosts resolving to loopback, private, link-local, reserved or
-    multicast addresses are refused, on every redirect too.
-
-    >>> ImageLimits(max_pixels=1_000_000).max_file_bytes
-    20971520
-    >>> ImageLimits(url_allowed_hosts=["CDN.Example.com."]).url_allowed_hosts
-    ('cdn.example.com',)
-    """
-
-    max_file_bytes: int = 20 * _MIB
-    max_pixels: int = 40_000_000
-    url_timeout_s: float = 10.0
-    url_max_bytes: int = 20 * _MIB
-    url_allowed_hosts: tuple[str, ...] = ()
-    allow_private_urls: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("max_file_bytes", "max_pixels", "url_max_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ImageLimits.{name} must be a positive integer; got {value!r}")
-        if not self.url_timeout_s > 0:
-            raise ValueError(f"ImageLimits.url_timeout_s must be > 0; got {self.url_timeout_s!r}")
-        if isinstance(self.url_allowed_hosts, str):
-            raise ValueError("ImageLimits.url_allowed_hosts must be a sequence of host names")
-        hosts = tuple(normalise_host_pattern(h) for h in self.url_allowed_hosts)
-        object.__setattr__(self, "url_allowed_hosts", hosts)
 
 
 def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = True) -> np.ndarray:

@@ -1,5 +1,9 @@
 """Image -> input tensor, per the manifest, with Roboflow's per-request ``disable_preproc_*``.
 
+The pipeline owns the types that say how: :class:`InputSpec` (size, resize mode, channel order,
+scaling) and :class:`PreprocessingSpec` (crop, contrast, grayscale defaults); the manifest
+(``registry/manifest.py``) holds them and validates its JSON into them.
+
 Order: auto-orient (done at decode) -> static crop -> contrast -> grayscale -> resize -> tensor.
 All functions take and return HxWx3 uint8 BGR images unless said otherwise.
 """
@@ -10,9 +14,51 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from serve_app.errors import ManifestError
 from serve_app.pipeline.geometry import (ImageTransform, center_crop_transform, letterbox_transform,
                                          static_crop_box, stretch_transform)
-from serve_app.registry.manifest import InputSpec, PreprocessingSpec
+
+RESIZE_MODES = ("letterbox", "stretch", "center-crop")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How images become the model's input tensor."""
+
+    width: int = 640
+    height: int = 640
+    resize: str = "letterbox"
+    pad_color: tuple[int, int, int] = (114, 114, 114)
+    channel_order: str = "rgb"
+    scale: float = 1 / 255
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ManifestError(f"input.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ManifestError(f"input.channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        if not (8 <= self.width <= 8192 and 8 <= self.height <= 8192):
+            raise ManifestError(f"input size must be 8..8192 pixels, got {self.width}x{self.height}")
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """Defaults that a request may switch off with ``disable_preproc_*`` (as Roboflow's do)."""
+
+    auto_orient: bool = True
+    static_crop: tuple[float, float, float, float] | None = None  # x_min, y_min, x_max, y_max in percent
+    contrast: str | None = None  # "stretching" | "equalization" | "adaptive"
+    grayscale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.contrast not in (None, "stretching", "equalization", "adaptive"):
+            raise ManifestError(f"preprocessing.contrast must be stretching, equalization or adaptive, got {self.contrast!r}")
+        if self.static_crop is not None:
+            x0, y0, x1, y1 = self.static_crop
+            if not (0 <= x0 < x1 <= 100 and 0 <= y0 < y1 <= 100):
+                raise ManifestError(f"preprocessing.static_crop must be percentages with min < max, got {self.static_crop}")
 
 
 @dataclass(frozen=True)

@@ -13,32 +13,10 @@ import numpy as np
 import onnxruntime as ort
 
 from serve_app.errors import ModelLoadError
+from serve_app.options import SessionOptions
 
 log = logging.getLogger(__name__)
 ort.set_default_logger_severity(3)
-
-
-@dataclass(frozen=True)
-class SessionOptions:
-    """Execution providers in order of preference, with options, and thread counts.
-
-    ``providers`` entries are names (``"CUDAExecutionProvider"``) or ``(name, {options})``; the ones
-    this onnxruntime build lacks are skipped (and logged); CPU is always the last resort.
-    """
-
-    providers: tuple[Any, ...] = ("CPUExecutionProvider",)
-    intra_op_threads: int = 0  # 0 = onnxruntime's default (one per core)
-    inter_op_threads: int = 1
-    graph_optimization: str = "all"  # all | extended | basic | disabled
-    tensorrt_cache_dir: str | None = None
-    uint8_input: bool = True  # feed uint8 pixels; cast and scale run inside the session
-    io_binding: bool = False  # bind inputs/outputs explicitly (pays on CUDA, not on CPU)
-    allow_spinning: bool = False  # ORT's idle threads busy-wait by default, stealing the cores the proxy needs
-    # On a GPU, one session per batch size the batcher makes (its buckets): a CUDA session whose
-    # input shape changes from call to call re-plans its convolutions every call (see
-    # benchmarks/results/gpu/gpu_session_h200.json), a session that always sees one shape plans once.
-    batch_sizes: tuple[int, ...] = ()
-    session_per_batch_size: bool = True
 
 
 def _resolve_providers(wanted: tuple[Any, ...], tensorrt_cache_dir: str | None = None) -> tuple[list[Any], list[str]]:

@@ -18,16 +18,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from serve_app.errors import ManifestError
+from serve_app.pipeline.preprocess import RESIZE_MODES, InputSpec, PreprocessingSpec
+from serve_app.tasks.architectures import names_by_task
 
-TASKS = ("object-detection", "instance-segmentation", "classification", "keypoint-detection", "ocr")
-ARCHITECTURES = {
-    "object-detection": ("yolov8", "yolov5"),
-    "instance-segmentation": ("yolov8-seg", "yolov5-seg", "yolact"),
-    "classification": ("yolov8-cls", "multi-label"),
-    "keypoint-detection": ("yolov8-pose",),
-    "ocr": ("pp-ocr",),
-}
-RESIZE_MODES = ("letterbox", "stretch", "center-crop")
+ARCHITECTURES = names_by_task()  # task -> its architectures, the default first (tasks/architectures.py)
+TASKS = tuple(ARCHITECTURES)
 MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._-]{0,49})?$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 ULTRALYTICS_TASKS = {"detect": "object-detection", "segment": "instance-segmentation", "classify": "classification",
@@ -89,46 +84,6 @@ class FileSpec:
             raise ManifestError("a file needs a 'path' (relative to the manifest) or a 'uri'")
         if self.path and (self.path.startswith("/") or ".." in self.path.split("/")):
             raise ManifestError(f"file path must stay inside the model folder, got {self.path!r}")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How images become the model's input tensor."""
-
-    width: int = 640
-    height: int = 640
-    resize: str = "letterbox"
-    pad_color: tuple[int, int, int] = (114, 114, 114)
-    channel_order: str = "rgb"
-    scale: float = 1 / 255
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-
-    def __post_init__(self) -> None:
-        if self.resize not in RESIZE_MODES:
-            raise ManifestError(f"input.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
-        if self.channel_order not in ("rgb", "bgr"):
-            raise ManifestError(f"input.channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
-        if not (8 <= self.width <= 8192 and 8 <= self.height <= 8192):
-            raise ManifestError(f"input size must be 8..8192 pixels, got {self.width}x{self.height}")
-
-
-@dataclass(frozen=True)
-class PreprocessingSpec:
-    """Defaults that a request may switch off with ``disable_preproc_*`` (as Roboflow's do)."""
-
-    auto_orient: bool = True
-    static_crop: tuple[float, float, float, float] | None = None  # x_min, y_min, x_max, y_max in percent
-    contrast: str | None = None  # "stretching" | "equalization" | "adaptive"
-    grayscale: bool = False
-
-    def __post_init__(self) -> None:
-        if self.contrast not in (None, "stretching", "equalization", "adaptive"):
-            raise ManifestError(f"preprocessing.contrast must be stretching, equalization or adaptive, got {self.contrast!r}")
-        if self.static_crop is not None:
-            x0, y0, x1, y1 = self.static_crop
-            if not (0 <= x0 < x1 <= 100 and 0 <= y0 < y1 <= 100):
-                raise ManifestError(f"preprocessing.static_crop must be percentages with min < max, got {self.static_crop}")
 
 
 @dataclass(frozen=True)

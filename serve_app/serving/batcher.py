@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve_app.options import batch_buckets
+
 RunFn = Callable[[np.ndarray], list[np.ndarray]]
 
 
@@ -90,17 +92,6 @@ class TensorBatcher:
     def _company_expected(self) -> bool:
         """More requests for this model are in flight than queued: some may join the batch."""
         return self._in_flight is None or self._in_flight() > len(self._queue)
-
-
-def batch_buckets(max_batch: int, sizes: Sequence[int] = ()) -> tuple[int, ...]:
-    """The batch sizes batches are padded to: ``sizes`` (up to ``max_batch``) with 1 and
-    ``max_batch``; by default just those two (on a GPU a padded row costs far less than the
-    session and memory another shape would need).
-
-    >>> batch_buckets(8), batch_buckets(8, (2, 4, 16)), batch_buckets(1)
-    ((1, 8), (1, 2, 4, 8), (1,))
-    """
-    return tuple(sorted({1, max_batch, *(s for s in sizes if 1 <= s <= max_batch)}))
 
 
 def pad_to_bucket(tensor: np.ndarray, buckets: Sequence[int]) -> np.ndarray:

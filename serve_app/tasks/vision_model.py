@@ -1,5 +1,8 @@
 """A loaded model of any task: image(s) in, Roboflow-shaped result dicts out. No Ray, no HTTP.
 
+What differs between model families (decoder, output shapes) is looked up in
+``tasks/architectures.py``; the model is described by a :class:`ModelSpec` (the registry's manifest).
+
 >>> # model = VisionModel.load(manifest, {"weights": onnx_bytes}, SessionOptions())
 >>> # model.predict([bgr_image], InferenceParams(confidence=0.25))[0]["predictions"]
 """
@@ -12,32 +15,27 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from serve_app.errors import InvalidParameter, ModelLoadError
+from serve_app.errors import ModelLoadError
 from serve_app.pipeline.geometry import ImageTransform
 from serve_app.pipeline.graph import prepend_uint8_normalization
 from serve_app.pipeline.preprocess import prepare_image, to_tensor
 from serve_app.pipeline.session import OnnxSession, SessionOptions
-from serve_app.registry.manifest import Manifest
-from serve_app.tasks import detection, segmentation
-from serve_app.tasks.classification import Classification, to_probabilities
-from serve_app.tasks.keypoints import keypoints_from_extra, keypoints_to_original
-from serve_app.tasks.masks import mask_logits_at_input, mask_to_original, mask_to_polygon
+from serve_app.tasks.architectures import ARCHITECTURES, ModelSpec
 from serve_app.tasks.params import InferenceParams
-from serve_app.tasks.results import Detections
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class VisionModel:
-    manifest: Manifest
+    manifest: ModelSpec
     session: OnnxSession | None
     ocr: Any = None  # OcrPipeline for task "ocr"
     warmup_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, manifest: Manifest, files: Mapping[str, Any], options: SessionOptions) -> "VisionModel":
+    def load(cls, manifest: ModelSpec, files: Mapping[str, Any], options: SessionOptions) -> "VisionModel":
         if manifest.task == "ocr":
             return cls._load_ocr(manifest, files, options)
         weights = files["weights"]
@@ -60,7 +58,7 @@ class VisionModel:
         return model
 
     @classmethod
-    def _load_ocr(cls, manifest: Manifest, files: Mapping[str, Any], options: SessionOptions) -> "VisionModel":
+    def _load_ocr(cls, manifest: ModelSpec, files: Mapping[str, Any], options: SessionOptions) -> "VisionModel":
         from serve_app.tasks.ocr import OcrConfig, OcrPipeline, load_alphabet
 
         options = replace(options, batch_sizes=())  # OCR is not batched across requests: one session each
@@ -121,87 +119,16 @@ class VisionModel:
         parts = [self.session.run(tensor[i:i + 1]) for i in range(len(tensor))]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
-    def _class_ids(self, params: InferenceParams) -> np.ndarray | None:
-        if params.class_filter is None:
-            return None
-        unknown = [c for c in params.class_filter if c not in self.manifest.classes]
-        if unknown:
-            raise InvalidParameter(f"class_filter names classes this model lacks: {unknown}; it has {list(self.manifest.classes)}")
-        return np.array([self.manifest.classes.index(c) for c in params.class_filter], dtype=np.int64)
-
-    def _select(self, c: detection.Candidates, params: InferenceParams) -> detection.Selected:
-        return detection.select(c, confidence=params.confidence, iou_threshold=params.iou_threshold,
-                                class_agnostic=params.class_agnostic_nms, class_ids_allowed=self._class_ids(params),
-                                max_detections=params.max_detections, max_candidates=params.max_candidates)
-
     def _decode(self, outs: list[np.ndarray], transform: ImageTransform, params: InferenceParams) -> dict:
-        m = self.manifest
-        nc = len(m.classes)
-        arch = m.architecture
-        if m.task == "classification":
-            probs = to_probabilities(outs[0].reshape(-1), m.multi_label)
-            return Classification(probs, m.classes, m.multi_label, params.confidence).to_roboflow()
-        if m.task == "object-detection":
-            c = detection.decode_yolov8(outs[0], nc) if arch == "yolov8" else detection.decode_yolov5(outs[0], nc)
-            sel = self._select(c, params)
-            dets = Detections(transform.boxes_to_original(sel.boxes), sel.confidence, sel.class_id)
-            return {"predictions": dets.to_roboflow(m.classes)}
-        if m.task == "keypoint-detection":
-            assert m.keypoints is not None
-            sel = self._select(detection.decode_yolov8(outs[0], nc), params)
-            kps = keypoints_to_original(keypoints_from_extra(sel.extra, len(m.keypoints.names)), transform)
-            dets = Detections(transform.boxes_to_original(sel.boxes), sel.confidence, sel.class_id, keypoints=kps)
-            return {"predictions": dets.to_roboflow(m.classes, m.keypoints.names, params.keypoint_confidence)}
-        # instance segmentation
-        if arch == "yolact":
-            named = dict(zip(self.session.output_names, outs))
-            seg = segmentation.decode_yolact(named["loc"], named["conf"], named["mask"], named["priors"], named["proto"],
-                                             (m.input.height, m.input.width))
-        elif arch == "yolov8-seg":
-            seg = segmentation.decode_yolov8_seg(outs[0], outs[1], nc)
-        else:
-            seg = segmentation.decode_yolov5_seg(outs[0], outs[1], nc)
-        sel = self._select(seg.candidates, params)
-        logits = mask_logits_at_input(sel.extra, seg.protos, sel.boxes, (m.input.height, m.input.width))
-        binary = logits > 0
-        polygons = tuple(transform.points_to_original(mask_to_polygon(b)).astype(np.float32) for b in binary)
-        masks = tuple(mask_to_original(b, transform) for b in binary) if params.mask_format == "rle" else None
-        dets = Detections(transform.boxes_to_original(sel.boxes), sel.confidence, sel.class_id, polygons=polygons,
-                          masks=masks)
-        return {"predictions": dets.to_roboflow(m.classes)}
+        decode = ARCHITECTURES[self.manifest.architecture].decode
+        assert decode is not None and self.session is not None
+        return decode(outs, self.session.output_names, transform, params, self.manifest)
 
 
-def check_outputs(manifest: Manifest, shapes: list[tuple[int, ...]]) -> None:
+def check_outputs(manifest: ModelSpec, shapes: list[tuple[int, ...]]) -> None:
     """Raise ModelLoadError when the model's real output shapes disagree with the manifest."""
-    nc = len(manifest.classes)
-    arch = manifest.architecture
-    first = shapes[0]
-
-    def fail(expected: str) -> None:
-        raise ModelLoadError(f"{manifest.model_id}: output shapes {[list(s) for s in shapes]} do not fit a {arch} "
-                             f"model with {nc} classes: expected {expected}")
-
-    if arch == "yolov8":
-        if len(first) != 3 or first[1] != 4 + nc:
-            fail(f"[B, {4 + nc}, N]")
-    elif arch == "yolov5":
-        if len(first) != 3 or first[2] != 5 + nc:
-            fail(f"[B, N, {5 + nc}]")
-    elif arch in ("yolov8-seg", "yolov5-seg"):
-        if len(shapes) < 2 or len(shapes[1]) != 4:
-            fail("two outputs: detections and [B, P, mh, mw] prototypes")
-        p = shapes[1][1]
-        if arch == "yolov8-seg" and first[1] != 4 + nc + p:
-            fail(f"[B, {4 + nc + p}, N]")
-        if arch == "yolov5-seg" and first[2] != 5 + nc + p:
-            fail(f"[B, N, {5 + nc + p}]")
-    elif arch == "yolov8-pose":
-        k = len(manifest.keypoints.names) if manifest.keypoints else 0
-        if len(first) != 3 or first[1] != 4 + nc + 3 * k:
-            fail(f"[B, {4 + nc + 3 * k}, N] for {k} keypoints")
-    elif arch in ("yolov8-cls", "multi-label"):
-        if first[-1] != nc:
-            fail(f"[B, {nc}]")
-    elif arch == "yolact":
-        if len(shapes) != 5:
-            fail("five outputs loc, conf, mask, priors, proto")
+    check = ARCHITECTURES[manifest.architecture].check
+    expected = check(manifest, shapes) if check is not None else None
+    if expected is not None:
+        raise ModelLoadError(f"{manifest.model_id}: output shapes {[list(s) for s in shapes]} do not fit a "
+                             f"{manifest.architecture} model with {len(manifest.classes)} classes: expected {expected}")
