@@ -47,9 +47,13 @@ class Settings:
     load_failure_backoff_s: float = 5.0        # a failed load is remembered this long, doubling per failure,
     load_failure_backoff_max_s: float = 300.0  # up to this
     metrics_max_model_labels: int = 64         # more distinct models are counted under model="other"
-    hot_model_routing: bool = False            # serving/routing.py's ModelAwareRouter (off: not better measured)
-    hot_model_spill_after_s: float = 1.0       # with it: a request waits this long for a holder before a spill
+    hot_model_routing: bool = True             # serving/routing.py's ModelAwareRouter (off: Serve's default router)
+    spread_at_ongoing: float = 4.0             # a model spreads to one more replica while every holder has this
+                                               # many requests in flight: set it to the autoscaling target
     routing_stats_period_s: float = 1.0        # how often Serve asks replicas for their room and busy models
+    prewarm_models: int = 2                    # a new replica loads the cluster's this many hottest models first
+    prewarm_timeout_s: float = 30.0            # ...for at most this long before it takes traffic
+    replica_report_ttl_s: float = 6.0          # a replica that has not reported this long is gone from the view
     load_timeout_s: float = 60.0
     direct_ingress: bool = False  # ModelServer as the HTTP ingress (no Gateway): measured, not the default
     request_timeout_s: float = 30.0

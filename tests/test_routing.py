@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from types import SimpleNamespace
 
-from serve_app.serving.routing import BusyTime, ModelAwareRouter, RequestRates, routing_stats, spill_cost
+from serve_app.serving.routing import (BusyTime, ModelAwareRouter, RequestRates, rank_for_model, routing_stats,
+                                      spill_cost)
 
 
 def replica(name: str, models: set[str], **stats) -> SimpleNamespace:
@@ -13,22 +13,31 @@ def replica(name: str, models: set[str], **stats) -> SimpleNamespace:
                            routing_stats=stats, name=name)
 
 
-def choose(replicas, model_id: str, waited_s: float = 5.0) -> list[list[str]]:
-    pending = SimpleNamespace(metadata=SimpleNamespace(multiplexed_model_id=model_id),
-                              created_at=time.time() - waited_s)
-    router = SimpleNamespace(spill_after_s=1.0)
-    ranks = asyncio.run(ModelAwareRouter.choose_replicas(router, replicas, pending))
+def choose(replicas, model_id: str, queues: dict[str, int] | None = None, spread_at: float = 4) -> list[list[str]]:
+    queues = queues or {}
+    ranks = rank_for_model(model_id, replicas, lambda r: queues.get(r.name), spread_at)
     return [[r.name for r in rank] for rank in ranks]
 
 
-def test_holders_only_until_a_request_has_waited_then_where_a_spill_costs_least():
+def test_a_model_stays_on_its_holders_until_every_holder_is_at_the_spread_target():
     a = replica("a", {"hot/1"}, free_slots=0, victim_idle_s=1.0)
     b = replica("b", {"hot/1", "x/1"}, free_slots=0, victim_idle_s=2.0)
     c = replica("c", {"y/1"}, free_slots=0, victim_idle_s=30.0)
     d = replica("d", {"z/1"}, free_slots=3, free_bytes=2**30)
-    assert choose([a, b, c, d], "hot/1", waited_s=0.2) == [["a", "b"]]
-    assert choose([a, b, c, d], "hot/1", waited_s=1.5) == [["a", "b"], ["d"], ["c"]]
-    assert choose([c, d], "new/1", waited_s=0.0) == [["d"], ["c"]]  # nobody holds it: no waiting
+    # below the target on some holder: holders first, a spill only if they are all full
+    assert choose([a, b, c, d], "hot/1", {"a": 3, "b": 6}) == [["a", "b"], ["d"], ["c"]]
+    # every holder at the target: the cheapest other replica joins the holders' rank
+    assert choose([a, b, c, d], "hot/1", {"a": 4, "b": 6}) == [["a", "b", "d"], ["c"]]
+    assert choose([c, d], "new/1") == [["d"], ["c"]]  # nobody holds it: where a load costs least
+
+
+def test_an_added_replica_takes_a_hot_models_share_and_cold_models_stay_packed():
+    old = replica("old", {"hot/1", "cold/1"}, free_slots=6)
+    new = replica("new", set(), free_slots=8)
+    assert choose([old, new], "hot/1", {"old": 8, "new": 0})[0] == ["old", "new"]
+    assert choose([old, new], "cold/1", {"old": 1, "new": 0})[0] == ["old"]
+    both = replica("new", {"hot/1"}, free_slots=7)
+    assert choose([old, both], "hot/1", {"old": 4, "new": 4})[0] == ["old", "new"]
 
 
 def test_a_spill_goes_where_loading_evicts_least():
@@ -41,8 +50,9 @@ def test_a_spill_goes_where_loading_evicts_least():
     assert order == [["roomy"], ["idle", "no-memory", "recent", "pinned"]]
 
 
-def test_without_stats_a_new_model_goes_to_the_replica_with_fewest_models():
+def test_without_stats_a_new_model_goes_to_the_replica_with_fewest_models_then_the_idlest():
     assert choose([replica("two", {"a", "b"}), replica("one", {"c"})], "new/1")[0] == ["one"]
+    assert choose([replica("p", {"c"}), replica("q", {"d"})], "new/1", {"p": 3, "q": 1})[0] == ["q"]
     assert spill_cost({}, 1) < spill_cost({}, 2)
 
 

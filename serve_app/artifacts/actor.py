@@ -42,4 +42,5 @@ def artifact_cache_handle(settings: Settings) -> ray.actor.ActorHandle:
     return ray.remote(ArtifactCacheActor).options(
         name=ACTOR_NAME, namespace=settings.namespace, lifetime="detached", get_if_exists=True,
         max_restarts=-1, max_task_retries=-1, num_cpus=0, max_concurrency=64,
+        resources={"node:__internal_head__": 0.001},  # on the head node: a worker's loss does not take it
     ).remote(settings.to_args())

@@ -15,12 +15,16 @@ import ray
 
 from serve_app.artifacts.actor import artifact_cache_handle
 from serve_app.artifacts.sources import checked_uri
-from serve_app.errors import InvalidParameter, ManifestError
+from serve_app.errors import InvalidParameter, ManifestError, ServeAppError
 from serve_app.registry.catalog import ModelCatalog
-from serve_app.registry.manifest import FileSpec, Manifest, manifest_from_ultralytics_metadata, validate_model_id
+from serve_app.registry.manifest import (FileSpec, Manifest, manifest_from_ultralytics_metadata, split_key,
+                                         validate_model_id)
 from serve_app.settings import Settings
 
 ACTOR_NAME = "serve_app_registry"
+# The named actors live on the head node: a worker node's loss must not take them (and the head
+# is the one node a cluster cannot lose). Ray gives every head node this resource.
+ON_HEAD_NODE = {"node:__internal_head__": 0.001}
 log = logging.getLogger(__name__)
 
 
@@ -89,13 +93,51 @@ class ModelRegistryActor:
         self._replicas.pop(replica_id, None)
 
     def replicas(self) -> dict[str, dict]:
+        """The live replicas' reports: one not renewed for ``replica_report_ttl_s`` has stopped or died
+        (replicas report every 2 s, and a stopping replica says so itself)."""
+        cutoff = time.time() - self._settings.replica_report_ttl_s
+        for rid in [rid for rid, s in self._replicas.items() if s["reported_at"] < cutoff]:
+            log.info("replica %s stopped reporting; dropped from the view", rid)
+            del self._replicas[rid]
         return dict(self._replicas)
+
+    def hot_models(self, count: int) -> list[str]:
+        """The keys (``model_id@digest``, current weights only) of the models with the most requests
+        per second across the live replicas: what a new replica prewarms."""
+        rates: dict[str, float] = {}
+        for state in self.replicas().values():
+            for key, rate in (state.get("rates") or {}).items():
+                rates[key] = rates.get(key, 0.0) + rate
+        hot = []
+        for key, rate in sorted(rates.items(), key=lambda kv: -kv[1]):
+            model_id, digest = split_key(key)
+            try:
+                if self._catalog.resolve(model_id).digest != digest:
+                    continue
+            except ServeAppError:
+                continue
+            hot.append(key)
+            if len(hot) >= count:
+                break
+        return hot
+
+    def sole_held(self, replica_id: str, recent_s: float) -> list[str]:
+        """The keys that ``replica_id`` alone holds among the live replicas and used in the last ``recent_s``."""
+        live = self.replicas()
+        mine = live.get(replica_id)
+        if mine is None:
+            return []
+        elsewhere = {info.get("key") for rid, s in live.items() if rid != replica_id
+                     for info in s.get("models", {}).values()}
+        now = time.time()
+        return [info["key"] for info in mine.get("models", {}).values()
+                if info.get("key") not in elsewhere and now - (info.get("last_used") or 0) <= recent_s]
 
     def ready_replicas(self, max_age_s: float = 30.0) -> list[str]:
         """Model server replicas that loaded their pinned and preloaded models and reported lately
         (a replica reports at least every 10 s; one that stopped has died or gone)."""
         now = time.time()
-        return [rid for rid, s in self._replicas.items() if s.get("ready") and now - s["reported_at"] <= max_age_s]
+        return [rid for rid, s in self.replicas().items() if s.get("ready") and now - s["reported_at"] <= max_age_s]
 
     def ping(self) -> bool:
         return True
@@ -114,5 +156,5 @@ def _onnx_metadata(blob: Any) -> dict[str, str]:
 def registry_handle(settings: Settings) -> Any:
     return ray.remote(ModelRegistryActor).options(
         name=ACTOR_NAME, namespace=settings.namespace, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_task_retries=-1, num_cpus=0, max_concurrency=32,
+        max_restarts=-1, max_task_retries=-1, num_cpus=0, max_concurrency=32, resources=ON_HEAD_NODE,
     ).remote(settings.to_args())

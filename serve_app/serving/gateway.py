@@ -35,6 +35,7 @@ from serve_app.settings import Settings
 
 log = logging.getLogger("serve_app.gateway")
 RESOLVE_TTL_S = 2.0
+REPLICA_ATTEMPTS = 4
 
 
 class GatewayCore:
@@ -63,15 +64,24 @@ class GatewayCore:
         self._resolved.clear()
 
     async def infer(self, manifest: Manifest, payload: dict[str, Any]) -> dict:
-        """Forward to a replica holding the (already resolved) model; one retry if the replica dies."""
+        """Forward to a replica holding the (already resolved) model.
+
+        A replica that died or became unreachable (its node lost) is retried on another, up to
+        ``REPLICA_ATTEMPTS`` in all within the request's time: Serve's router learns of a dead
+        replica from the failed call, so the next attempt goes elsewhere. What still fails is a
+        503 with ``Retry-After`` (http/errors.py), never a 500.
+        """
         handle = self.model_server.options(multiplexed_model_id=manifest.key)
-        for attempt in range(2):
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        for attempt in range(REPLICA_ATTEMPTS):
             try:
-                return await asyncio.wait_for(handle.infer.remote(payload), self.settings.request_timeout_s)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                if attempt == 1:
+                return await asyncio.wait_for(handle.infer.remote(payload), max(0.1, deadline - time.monotonic()))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                if attempt + 1 >= REPLICA_ATTEMPTS or time.monotonic() > deadline - 0.5:
                     raise
-                log.warning("replica died during a request for %s; retrying once", manifest.model_id)
+                log.warning("replica unavailable during a request for %s (%s); retrying (%d/%d)", manifest.model_id,
+                            type(exc).__name__, attempt + 2, REPLICA_ATTEMPTS)
+                await asyncio.sleep(0.1 * (attempt + 1))
         raise AssertionError("unreachable")
 
     async def load(self, model_id: str) -> dict:
@@ -116,7 +126,14 @@ class GatewayCore:
                               "batch_size": "batch", "input_height": inp.get("height"), "input_width": inp.get("width"),
                               "classes": m["classes"], "loaded_on": where.get(m["model_id"], [])})
         loaded = [d for d in described if d["loaded_on"]]
-        return {"models": loaded, "available": described, "aliases": aliases}
+        now = time.time()
+        live = [{"replica": rid, "node_id": st.get("node_id"), "pid": st.get("pid"), "ready": st.get("ready"),
+                 "gpu_ids": st.get("gpu_ids", []), "models": sorted(st.get("models", {})),
+                 "loading": st.get("loading", []), "loads": len(st.get("loads", [])),
+                 "evictions": len(st.get("evictions", [])), "memory": st.get("memory", {}),
+                 "rates": st.get("rates", {}), "reported_s_ago": round(now - st.get("reported_at", now), 1)}
+                for rid, st in sorted(replicas.items())]
+        return {"models": loaded, "available": described, "aliases": aliases, "replicas": live}
 
 
 @serve.deployment(name="Gateway")

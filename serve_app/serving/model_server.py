@@ -18,6 +18,7 @@ import logging
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ import ray
 from ray import serve
 
 from serve_app.artifacts.actor import artifact_cache_handle
+from serve_app.artifacts.disk_cache import DiskCache
 from serve_app.errors import ArtifactError, InvalidImage, SchemaError
 from serve_app.pipeline.images import load_image, load_image_bytes
 from serve_app.registry.actor import registry_handle
@@ -44,7 +46,9 @@ log = logging.getLogger("serve_app.model_server")
 MAX_IMAGES_PER_REQUEST = 64
 ROUTING_PUSH_INTERVAL_S = 0.1  # as @serve.multiplexed pushes its model ids
 REPORT_INTERVAL_S = 1.0        # last-use times and request counts to the registry
-HEARTBEAT_S = 10.0             # an idle replica still reports this often (the registry ages reports out)
+HEARTBEAT_S = 2.0              # an idle replica still reports this often (the registry ages reports out)
+HANDOFF_RECENT_S = 60.0        # a leaving replica hands off the models used this recently that it alone holds
+HANDOFF_TIMEOUT_S = 10.0
 
 
 class _Notify(CacheEvents):
@@ -67,6 +71,8 @@ class ModelServerCore:
         except Exception:  # outside a replica (tests of the core)
             self.replica_id = f"local-{os.getpid()}"
         self.loader = ModelLoader(self._resolve, self._fetch, s.session_options)
+        self.node_disk = DiskCache(Path(s.cache_dir), s.disk_cache_max_bytes)  # this node's disk tier
+        self._background_tasks: set[asyncio.Future] = set()
         steady_allocator()  # so that host memory measurements see what a model keeps, not heap churn
         probe = probe_for(s.providers)
         budget = s.replica_memory_budget_bytes
@@ -129,8 +135,55 @@ class ModelServerCore:
                     log.warning("preloaded model %s did not load: %s", model_id, result)
             log.info("replica %s: %d pinned/preloaded model(s) ready in %.1f s", self.replica_id,
                      len(canonical), time.perf_counter() - started)
+        await self._prewarm()
         self.ready = True
         self.mark_changed()
+
+    async def _prewarm(self) -> None:
+        """Load the cluster's hottest models before taking traffic, so that an upscale adds replicas
+        that already hold what the load is for (and the router sends them their share at once)."""
+        count, timeout = self.settings.prewarm_models, self.settings.prewarm_timeout_s
+        if count <= 0 or timeout <= 0:
+            return
+        try:
+            hot = await asyncio.wait_for(self.registry.hot_models.remote(count), 5)
+        except Exception as exc:
+            log.warning("replica %s: no prewarm (the registry did not answer: %s)", self.replica_id, exc)
+            return
+        hot = [key for key in hot if key not in self.cache][:count]
+        if not hot:
+            return
+        started = time.perf_counter()
+        done, pending = await asyncio.wait([asyncio.ensure_future(self.cache.preload(k)) for k in hot],
+                                           timeout=timeout)
+        for task in pending:  # still loading: it finishes in the background, serving when it does
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        failed = [t for t in done if t.exception() is not None]
+        log.info("replica %s: prewarmed %d of %d hot model(s) %s in %.1f s%s", self.replica_id,
+                 len(done) - len(failed), len(hot), hot, time.perf_counter() - started,
+                 f" ({len(pending)} still loading)" if pending else "")
+
+    async def leave(self, deployment: str | None, app: str | None) -> None:
+        """This replica is being stopped (scale-down, a new version): the models used lately that no
+        other replica holds are loaded elsewhere first, then the registry forgets it."""
+        try:
+            sole = await asyncio.wait_for(self.registry.sole_held.remote(self.replica_id, HANDOFF_RECENT_S), 5)
+            if sole and deployment and app:
+                handle = serve.get_deployment_handle(deployment, app_name=app)
+                started = time.perf_counter()
+                results = await asyncio.wait_for(asyncio.gather(
+                    *(handle.options(multiplexed_model_id=key).load.remote() for key in sole),
+                    return_exceptions=True), HANDOFF_TIMEOUT_S)
+                moved = [r.get("replica") for r in results if isinstance(r, dict)]
+                log.info("replica %s leaving: handed off %s to %s in %.1f s", self.replica_id, sole, moved,
+                         time.perf_counter() - started)
+        except Exception as exc:
+            log.warning("replica %s leaving: hand-off failed (%s)", self.replica_id, exc)
+        finally:
+            try:
+                await asyncio.wait_for(self.registry.forget_replica.remote(self.replica_id), 5)
+            except Exception:
+                pass
 
     async def _canonical(self, model_id: str) -> str:
         """The key (``model_id@digest``) of an id or alias: what the cache and the router use."""
@@ -141,15 +194,56 @@ class ModelServerCore:
         return await self.registry.resolve_key.remote(key)
 
     async def _fetch(self, files: dict[str, dict]) -> dict[str, tuple[Any, str]]:
+        """The files' bytes: from the cluster's object store (through the cache actor), else from this
+        node's disk tier when the actor cannot answer; what came from elsewhere is kept on this node's
+        disk too, so every node that runs replicas has its own disk copy."""
         for attempt in range(2):
-            got = await self.artifacts.get.remote(files)
+            try:
+                got = await self.artifacts.get.remote(files)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                local = await asyncio.to_thread(self._from_node_disk, files)
+                if local is None:
+                    raise ArtifactError("the artifact cache is unavailable; retry", retry_after=2) from exc
+                log.warning("artifact cache unavailable (%s); loaded from this node's disk", type(exc).__name__)
+                return local
             try:
                 blobs = await asyncio.gather(*(entry["ref"][0] for entry in got.values()))
-                return {name: (blob, entry["tier"]) for (name, entry), blob in zip(got.items(), blobs)}
             except (ray.exceptions.OwnerDiedError, ray.exceptions.ObjectLostError):
                 # the cache actor restarted and its objects died with it: ask again (it refetches)
                 log.warning("artifact objects were lost (cache actor restarted?); asking again")
+                continue
+            fetched = {name: (blob, entry["tier"]) for (name, entry), blob in zip(got.items(), blobs)}
+            self._background_tasks.add(task := asyncio.ensure_future(
+                asyncio.to_thread(self._keep_on_node_disk, files, fetched)))
+            task.add_done_callback(self._background_tasks.discard)
+            return fetched
         raise ArtifactError("artifact objects were lost twice in a row; retry", retry_after=2)
+
+    def _keep_on_node_disk(self, files: dict[str, dict], fetched: dict[str, tuple[Any, str]]) -> None:
+        for name, (blob, _) in fetched.items():
+            spec = files[name]
+            try:
+                if not self.node_disk.contains(spec["sha256"]):
+                    view = memoryview(np.ascontiguousarray(blob)).cast("B")
+                    self.node_disk.get_or_fetch(spec["sha256"], spec.get("size"), lambda f, v=view: f.write(v))
+            except Exception as exc:  # a full or read-only disk costs only this tier
+                log.warning("could not keep artifact %s on this node's disk: %s", spec["sha256"][:12], exc)
+
+    def _from_node_disk(self, files: dict[str, dict]) -> dict[str, tuple[Any, str]] | None:
+        out = {}
+        for name, spec in files.items():
+            if not self.node_disk.contains(spec["sha256"]):
+                return None
+
+            def refuse(f: Any) -> int:
+                raise ArtifactError("not on this node's disk")
+
+            try:
+                cached = self.node_disk.get_or_fetch(spec["sha256"], spec.get("size"), refuse)
+            except ArtifactError:
+                return None
+            out[name] = (np.fromfile(cached.path, dtype=np.uint8), "disk")
+        return out
 
     # -- requests ----------------------------------------------------------------------------------
     async def load(self, key: str) -> dict:
@@ -282,6 +376,7 @@ class ModelServerCore:
                       "memory_bytes": info["memory_bytes"], "pinned": info["pinned"], "providers": info["providers"]}
                   for m, info in cache["models"].items()}
         return {"models": models, "ready": self.ready, "pid": os.getpid(), "gpu_ids": _gpu_ids(),
+                "node_id": _node_id(), "rates": self.rates.top(RATES_REPORTED),
                 "evictions": [split_key(e["model_id"])[0] for e in self.cache.evictions[-100:]],
                 "loads": [{"model_id": split_key(e["model_id"])[0], "key": e["model_id"],
                            **{k: e[k] for k in ("tier", "seconds", "memory_bytes", "started", "finished")}}
@@ -300,6 +395,13 @@ class ModelServerCore:
     def describe(self) -> dict:
         return {"replica": self.replica_id, "ready": self.ready, "loaded": list(self.cache.held()),
                 "evictions": [e["model_id"] for e in self.cache.evictions], **self.cache.describe()}
+
+
+def _node_id() -> str | None:
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return None
 
 
 def _gpu_ids() -> list[str]:
@@ -326,7 +428,16 @@ class ModelServer:
 
         logging.basicConfig(level=logging.INFO)
         self.core = ModelServerCore(settings_args, metrics_factory=metrics)
-        await self.core.start()  # pinned and preloaded models, warmed, before any traffic
+        self._left = False
+        await self.core.start()  # pinned, preloaded and prewarmed models, warmed, before any traffic
+
+    async def __del__(self) -> None:
+        """Serve calls this once the replica's requests have drained (and Python may call it again)."""
+        if getattr(self, "_left", True):
+            return
+        self._left = True
+        context = serve.get_replica_context()
+        await self.core.leave(context.deployment, context.app_name)
 
     async def infer(self, request: dict) -> dict:
         return await self.core.infer(serve.get_multiplexed_model_id(), request)
@@ -390,6 +501,6 @@ def model_server_deployment(settings: Settings):
 
     return ModelServer.options(request_router_config=RequestRouterConfig(
         request_router_class=ModelAwareRouter,
-        request_router_kwargs={"spill_after_s": settings.hot_model_spill_after_s},
+        request_router_kwargs={"spread_at_ongoing": settings.spread_at_ongoing},
         request_routing_stats_period_s=settings.routing_stats_period_s,
         request_routing_stats_timeout_s=max(1.0, settings.routing_stats_period_s)))
