@@ -1,18 +1,28 @@
 """Roboflow request shapes, the API key and multipart bodies, without a server."""
 from __future__ import annotations
 
+import base64
 import os
+import pickle
 
+import cv2
+import numpy as np
 import pytest
 import requests
 
 from serve_app.errors import InvalidImage, SchemaError, Unauthorized
 from serve_app.http.auth import ApiKey
-from serve_app.http.parsing import multipart_file
-from serve_app.http.roboflow import (canonical_params, client_registry, finish_results, from_json_body,
-                                     from_legacy_query, from_query, percent_or_fraction)
+from serve_app.http.parsing import multipart_file, parse_json
+from serve_app.http.requests import ModelRequest
+from serve_app.http.roboflow import (client_registry, finish_results, from_json_body, from_legacy_query, from_query,
+                                     inference_params, percent_or_fraction)
+from serve_app.http.visualize import DrawOptions
+from serve_app.pipeline.images import ImageLimits, ImageSource, load_source
+from serve_app.pipeline.preprocess import PreprocOverrides
+from serve_app.tasks.params import InferenceParams
 
 IMAGE = {"type": "base64", "value": "aGVsbG8="}
+HELLO = ImageSource("encoded", b"hello")
 
 
 def test_json_body_fields_are_typed_and_unknown_ones_ignored():
@@ -22,12 +32,13 @@ def test_json_body_fields_are_typed_and_unknown_ones_ignored():
                           "response_mask_format": "rle", "visualize_predictions": True, "visualization_labels": False,
                           "visualization_stroke_width": 3, "id": "req-1", "api_key": "k", "fix_batch_size": True,
                           "disable_active_learning": False, "source": "sdk"}, max_images=8)
-    assert req.model_ref == "a/1" and req.images == IMAGE and not req.batched and req.inference_id == "req-1"
-    assert req.params == {"confidence": 0.25, "iou_threshold": 0.5, "class_agnostic_nms": True, "class_filter": ["x"],
-                          "max_detections": 10, "max_candidates": 100, "keypoint_confidence": 0.1,
-                          "response_mask_format": "rle", "disable_preproc_auto_orient": False}
-    assert (req.visualization.enabled, req.visualization.labels, req.visualization.stroke) == (True, False, 3)
+    assert req.model_ref == "a/1" and req.images == (HELLO,) and not req.batched and req.inference_id == "req-1"
+    assert req.params == InferenceParams(confidence=0.25, iou_threshold=0.5, class_agnostic_nms=True, class_filter=("x",),
+                                         max_detections=10, max_candidates=100, keypoint_confidence=0.1,
+                                         mask_format="rle", overrides=PreprocOverrides())
+    assert req.draw == DrawOptions(labels=False, stroke=3)
     assert from_json_body({"image": [IMAGE, IMAGE]}, 8).batched
+    assert from_json_body({"image": IMAGE, "visualize_predictions": False}, 8).draw is None
 
 
 @pytest.mark.parametrize("field,value", [
@@ -58,19 +69,46 @@ def test_image_field_structure(image, error, fragment):
 
 
 def test_confidence_default_and_best_mean_the_server_default():
-    assert canonical_params({"confidence": "default"}) == {} == canonical_params({"confidence": "best"})
+    assert inference_params({"confidence": "default"}) == InferenceParams() == inference_params({"confidence": "best"})
+
+
+def test_the_replica_gets_bytes_typed_parameters_and_the_model_key():
+    """Parsed once: base64 decoded to bytes, parameters typed; the replica decodes the pixels once."""
+    png = cv2.imencode(".png", np.zeros((10, 20, 3), np.uint8))[1].tobytes()
+    spec = {"type": "base64", "value": base64.b64encode(png).decode()}
+    url = "https://images.example.com/a.jpg"
+    req = from_json_body(parse_json(b'{"model_id": "shapes", "confidence": "0.5", "image": [%s, "%s"]}'
+                                    % (str(spec).replace("'", '"').encode(), url.encode())), 8)
+    sent = req.for_model("shapes-det/1@3f2a")
+    assert sent == ModelRequest("shapes-det/1@3f2a", (ImageSource("encoded", png), ImageSource("url", url)),
+                                InferenceParams(confidence=0.5))
+    assert pickle.loads(pickle.dumps(sent)) == sent and isinstance(sent.images[0].data, bytes)
+    assert load_source(sent.images[0], ImageLimits()).shape == (10, 20, 3)
+    raw = from_query({"confidence": "0.3"}).with_body(base64.b64encode(png), "text/plain", ImageLimits())
+    assert raw.images == (ImageSource("encoded", png),) and raw.params.confidence == 0.3
+
+
+@pytest.mark.parametrize("value", ["aGVsbG8", "aGVs bG8=", "aGVsbG8=\n", "data:image/png;base64,aGVsbG8=",
+                                   "aGVsbG8_"[:-1] + "=", "aGVsbG8="])
+def test_base64_variants_decode_alike(value):
+    assert from_json_body({"image": {"type": "base64", "value": value}}, 8).images[0].data.startswith(b"hello"[:5])
+
+
+def test_one_list_error_names_its_image():
+    with pytest.raises(InvalidImage, match=r"image\[1\]: .*base64"):
+        from_json_body({"image": [IMAGE, {"type": "base64", "value": "!!"}]}, 8)
 
 
 def test_legacy_query_percentages_and_names():
     req = from_legacy_query({"confidence": "40", "overlap": "30", "max_detections": "5", "format": "image_and_json",
                              "labels": "false", "stroke": "4", "classes": "circle, square", "api_key": "k"},
                             "shapes-det", "1")
-    assert req.model_ref == "shapes-det/1" and req.images is None and req.response_format == "image_and_json"
-    assert req.params == {"confidence": 0.4, "iou_threshold": 0.3, "max_detections": 5,
-                          "class_filter": ["circle", "square"]}
-    assert (req.visualization.enabled, req.visualization.labels, req.visualization.stroke) == (True, False, 4)
-    assert from_legacy_query({"image": "http://h/x.jpg"}, "a", "1").images == {"type": "url", "value": "http://h/x.jpg"}
-    assert not from_legacy_query({}, "a", "1").visualization.enabled
+    assert req.model_ref == "shapes-det/1" and req.images == () and req.response_format == "image_and_json"
+    assert req.params == InferenceParams(confidence=0.4, iou_threshold=0.3, max_detections=5,
+                                         class_filter=("circle", "square"))
+    assert req.draw == DrawOptions(labels=False, stroke=4)
+    assert from_legacy_query({"image": "http://h/x.jpg"}, "a", "1").images == (ImageSource("url", "http://h/x.jpg"),)
+    assert from_legacy_query({}, "a", "1").draw is None
     assert percent_or_fraction("1", "confidence") == 0.01 and percent_or_fraction("0.999", "confidence") == 0.999
     assert percent_or_fraction(100, "overlap") == 1.0 and percent_or_fraction("0", "overlap") == 0.0
 
@@ -88,7 +126,7 @@ def test_legacy_query_validation_names_the_parameter(query, fragment):
 
 def test_header_route_query():
     req = from_query({"model_id": "a/1", "confidence": "0.3", "visualize_predictions": "true"})
-    assert req.model_ref == "a/1" and req.params == {"confidence": 0.3} and req.visualization.enabled
+    assert req.model_ref == "a/1" and req.params == InferenceParams(confidence=0.3) and req.draw == DrawOptions()
 
 
 def test_results_get_ids_times_and_visualizations():

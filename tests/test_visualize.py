@@ -1,16 +1,11 @@
 """Drawing Roboflow-shaped results: colours from the manifest, masks blended, keypoints, labels, JPEG."""
 from __future__ import annotations
 
-import base64
-
 import cv2
 import numpy as np
 import pytest
 
-from serve_app.errors import InvalidImage
-from serve_app.http.visualize import (PALETTE, DrawOptions, class_colour, decode_request_images, draw_result,
-                                      encode_jpeg, hex_to_bgr)
-from serve_app.pipeline.images import ImageLimits
+from serve_app.http.visualize import PALETTE, DrawOptions, class_colour, draw_result, encode_jpeg, hex_to_bgr
 
 COLOURS = {"circle": "#FF0000", "square": "#00FF00", "triangle": "#0000FF"}
 
@@ -93,15 +88,3 @@ def test_empty_result_and_jpeg_round_trip():
     assert (drawn == image).all()
     decoded = cv2.imdecode(np.frombuffer(encode_jpeg(drawn), np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == image.shape
-
-
-def test_request_images_decoded_as_the_replica_decodes_them():
-    image = np.zeros((10, 20, 3), np.uint8)
-    png = cv2.imencode(".png", image)[1].tobytes()
-    spec = {"type": "base64", "value": base64.b64encode(png).decode()}
-    payload, originals = decode_request_images({"images": [spec, spec], "params": {}}, ImageLimits())
-    assert payload["images"] == [spec, spec] and [o.shape for o in originals] == [(10, 20, 3)] * 2
-    payload, originals = decode_request_images({"body": png, "content_type": "image/png", "params": {}}, ImageLimits())
-    assert originals[0].shape == (10, 20, 3)
-    with pytest.raises(InvalidImage, match="image 1: "):
-        decode_request_images({"images": [spec, {"type": "base64", "value": "!!"}], "params": {}}, ImageLimits())

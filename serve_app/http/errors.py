@@ -1,7 +1,16 @@
-"""Exceptions -> HTTP responses, in one place."""
+"""Exceptions -> HTTP responses, in one place.
+
+:func:`exception_handlers` is what the Starlette app is built with (``http/routes.py``): route
+handlers raise, and Starlette walks the exception's class hierarchy to the handler here. Our
+errors (:class:`ServeAppError`, Ray's wrappers of them included), timeouts and Ray's and Serve's
+own errors are answered by :func:`exception_response` in Starlette's exception middleware; any
+other exception (a bug) reaches the same function as Starlette's 500 handler, which answers in the
+same JSON shape and then re-raises, so the server logs it.
+"""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -63,4 +72,15 @@ async def http_exception_response(request: Request, exc: Exception) -> JSONRespo
     return error_response(ServeAppError(str(getattr(exc, "detail", "error"))))
 
 
-EXCEPTION_HANDLERS = {HTTPException: http_exception_response}
+async def exception_response(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc)
+
+
+def exception_handlers() -> dict[Any, Any]:
+    """Exception class -> handler, for ``Starlette(exception_handlers=...)``."""
+    from ray.exceptions import RayError
+    from ray.serve.exceptions import RayServeException
+
+    return {HTTPException: http_exception_response, ServeAppError: exception_response,
+            TimeoutError: exception_response, RayError: exception_response, RayServeException: exception_response,
+            Exception: exception_response}

@@ -1,9 +1,10 @@
-"""Reading request bodies: the size limit, JSON objects, multipart files (with the standard library)."""
+"""Reading request bodies: the size limit, JSON objects (orjson, straight from the body's bytes),
+multipart files (with the standard library)."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 
 from serve_app.errors import PayloadTooLarge, SchemaError
@@ -21,12 +22,17 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         if total > max_bytes:
             raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return b"".join(chunks)  # one chunk: that very object, not a copy
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
+    """The JSON object in ``body``, parsed from the bytes (no decode to ``str`` first).
+
+    >>> parse_json(b'{"image": {"type": "base64", "value": "aGk="}}')["image"]["value"]
+    'aGk='
+    """
     try:
-        data = json.loads(body)
+        data = orjson.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SchemaError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

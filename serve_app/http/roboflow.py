@@ -1,6 +1,6 @@
 """Roboflow Inference's request and response shapes, read and written without Ray or Starlette.
 
-Three ways in, one :class:`InferRequest` out:
+Three ways in, one :class:`~serve_app.http.requests.InferRequest` out:
 
 - ``POST /infer/{task}`` and ``POST /infer`` with a JSON body (:func:`from_json_body`):
   ``{model_id, image: {type, value} | [...], confidence, iou_threshold, ..., visualize_predictions}``;
@@ -9,23 +9,26 @@ Three ways in, one :class:`InferRequest` out:
   (:func:`from_legacy_query`): ``overlap`` is ``iou_threshold``, and ``confidence`` and
   ``overlap`` of 1 or more are percentages, as Roboflow's hosted API reads them.
 
-Parameters are validated by :meth:`InferenceParams.from_request` (a 422 naming the field) and
-forwarded to the model replica as typed values, only those the client set. Fields this server
-does not know are ignored, as Roboflow's server ignores them.
+Parameters are validated once, into :class:`InferenceParams` (a 422 naming the field), and images
+into :class:`~serve_app.pipeline.images.ImageSource` bytes (base64 decoded here, once); both go
+to the replica typed. Fields this server does not know are ignored, as Roboflow's server ignores them.
 
 >>> r = from_legacy_query({"confidence": "40", "overlap": "0.5", "format": "image"}, "shapes-det", "1")
->>> r.model_ref, r.params, r.visualization.enabled, r.response_format
-('shapes-det/1', {'confidence': 0.4, 'iou_threshold': 0.5}, True, 'image')
+>>> r.model_ref, r.params.confidence, r.params.iou_threshold, r.draw is not None, r.response_format
+('shapes-det/1', 0.4, 0.5, True, 'image')
 """
 from __future__ import annotations
 
 import base64
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from serve_app.errors import InvalidImage, SchemaError
+from serve_app.errors import SchemaError, ServeAppError
+from serve_app.http.requests import MAX_IMAGES_PER_REQUEST, RESPONSE_FORMATS, InferRequest
+from serve_app.http.visualize import DrawOptions
+from serve_app.options import ImageLimits
+from serve_app.pipeline.images import ImageSource, image_source
 from serve_app.tasks.params import InferenceParams
 
 # route segment of /infer/{segment} -> manifest task
@@ -37,9 +40,6 @@ TASK_ROUTES: dict[str, str] = {
     "ocr": "ocr",
 }
 ROUTE_OF_TASK = {task: route for route, task in TASK_ROUTES.items()}
-RESPONSE_FORMATS = ("json", "image", "image_and_json")
-# Roboflow's "numpy" and "pil" image types are pickles: never unpickled (pipeline/images.py says so too)
-PICKLED_IMAGE_TYPES = frozenset({"numpy", "numpy_object", "pil"})
 _PARAM_FIELDS = ("confidence", "iou_threshold", "class_agnostic_nms", "class_filter", "max_detections",
                  "max_candidates", "keypoint_confidence", "response_mask_format", "mask_format",
                  "disable_preproc_auto_orient", "disable_preproc_contrast", "disable_preproc_grayscale",
@@ -47,32 +47,8 @@ _PARAM_FIELDS = ("confidence", "iou_threshold", "class_agnostic_nms", "class_fil
 _MAX_STROKE = 100
 
 
-@dataclass(frozen=True)
-class Visualization:
-    """Whether to draw the predictions on the image, with labels, and the line width (None: automatic)."""
-
-    enabled: bool = False
-    labels: bool = True
-    stroke: int | None = None
-
-
-@dataclass(frozen=True)
-class InferRequest:
-    """One inference request: the model, the image(s) (None: the raw body) and typed parameters."""
-
-    model_ref: str | None
-    images: Any = None  # one image spec, a list of them, or None when the request body is the image
-    params: dict[str, Any] = field(default_factory=dict)
-    visualization: Visualization = Visualization()
-    inference_id: str | None = None
-    response_format: str = "json"  # the legacy route's format: json | image | image_and_json
-
-    @property
-    def batched(self) -> bool:
-        return isinstance(self.images, list)
-
-
-def from_json_body(data: Mapping[str, Any], max_images: int) -> InferRequest:
+def from_json_body(data: Mapping[str, Any], max_images: int = MAX_IMAGES_PER_REQUEST,
+                   limits: ImageLimits = ImageLimits()) -> InferRequest:
     """A Roboflow ``/infer/*`` JSON body (also taken by ``POST /infer`` and the legacy route)."""
     model_ref = data.get("model_id")
     if model_ref is not None and not isinstance(model_ref, str):
@@ -80,25 +56,19 @@ def from_json_body(data: Mapping[str, Any], max_images: int) -> InferRequest:
     if "image" not in data or data["image"] is None:
         raise SchemaError("field 'image' is required: {type: base64|url|npy, value} or a list of them")
     images = data["image"]
-    check_images(images, max_images)
     return InferRequest(
-        model_ref=model_ref or None, images=images, params=canonical_params(data),
-        visualization=Visualization(
-            enabled=_flag(data, "visualize_predictions", False),
-            labels=_flag(data, "visualization_labels", True),
-            stroke=_stroke(data.get("visualization_stroke_width"), "visualization_stroke_width")),
-        inference_id=_request_id(data.get("id")),
+        model_ref=model_ref or None, images=image_sources(images, max_images, limits),
+        params=inference_params(data),
+        draw=_draw(data, "visualize_predictions", "visualization_labels", "visualization_stroke_width"),
+        inference_id=_request_id(data.get("id")), batched=isinstance(images, list),
     )
 
 
 def from_query(query: Mapping[str, str]) -> InferRequest:
     """``POST /infer`` with the image as the body: parameters (Roboflow's names) in the query string."""
     return InferRequest(
-        model_ref=query.get("model_id") or None, params=canonical_params(query),
-        visualization=Visualization(enabled=_flag(query, "visualize_predictions", False),
-                                    labels=_flag(query, "visualization_labels", True),
-                                    stroke=_stroke(query.get("visualization_stroke_width"),
-                                                   "visualization_stroke_width")),
+        model_ref=query.get("model_id") or None, params=inference_params(query),
+        draw=_draw(query, "visualize_predictions", "visualization_labels", "visualization_stroke_width"),
         inference_id=_request_id(query.get("id")),
     )
 
@@ -119,12 +89,10 @@ def from_legacy_query(query: Mapping[str, str], dataset: str, version: str) -> I
     if fmt not in RESPONSE_FORMATS:
         raise SchemaError(f"format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt[:40]!r}")
     url = query.get("image")
+    draw = DrawOptions(labels=_flag(query, "labels", True), stroke=_stroke(query.get("stroke"), "stroke"))
     return InferRequest(
-        model_ref=f"{dataset}/{version}", images={"type": "url", "value": url} if url else None,
-        params=canonical_params(raw),
-        visualization=Visualization(enabled=fmt != "json", labels=_flag(query, "labels", True),
-                                    stroke=_stroke(query.get("stroke"), "stroke")),
-        response_format=fmt,
+        model_ref=f"{dataset}/{version}", images=(ImageSource("url", url.strip()),) if url else (),
+        params=inference_params(raw), draw=draw if fmt != "json" else None, response_format=fmt,
     )
 
 
@@ -143,49 +111,41 @@ def percent_or_fraction(value: Any, name: str) -> float:
     return round(number / 100, 6) if number >= 1 else number
 
 
-def canonical_params(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate the parameters in ``body`` and return those set, typed (``"0.5"`` -> ``0.5``).
+def inference_params(body: Mapping[str, Any]) -> InferenceParams:
+    """The inference parameters in ``body`` (Roboflow's names), validated and typed (``"0.5"`` -> ``0.5``).
 
     ``confidence: "default" | "best"`` (Roboflow's per-model thresholds) means the server default.
 
-    >>> canonical_params({"confidence": "0.5", "class_agnostic_nms": "true", "other": 1})
-    {'confidence': 0.5, 'class_agnostic_nms': True}
+    >>> p = inference_params({"confidence": "0.5", "class_agnostic_nms": "true", "other": 1})
+    >>> p.confidence, p.class_agnostic_nms, p == inference_params({"confidence": 0.5, "class_agnostic_nms": True})
+    (0.5, True, True)
     """
     raw = {k: body[k] for k in _PARAM_FIELDS if body.get(k) is not None}
     if raw.get("confidence") in ("default", "best"):
         del raw["confidence"]
-    parsed = InferenceParams.from_request(raw)
-    out: dict[str, Any] = {}
-    for name in raw:
-        if name in ("response_mask_format", "mask_format"):
-            out["response_mask_format"] = parsed.mask_format
-        elif name.startswith("disable_preproc_"):
-            out[name] = getattr(parsed.overrides, name)
-        elif name == "class_filter":
-            out[name] = list(parsed.class_filter or ())
-        else:
-            value = getattr(parsed, name)
-            out[name] = int(value) if name in ("max_detections", "max_candidates") else value
-    return out
+    return InferenceParams.from_request(raw)
 
 
-def check_images(images: Any, max_images: int) -> None:
-    """The image field's structure; pickled image types are refused before anything is decoded."""
+def image_sources(images: Any, max_images: int, limits: ImageLimits) -> tuple[ImageSource, ...]:
+    """The ``image`` field (one image or a list), checked and decoded from base64; an error in a
+    list names the image (``image[1]: ...``)."""
     items = images if isinstance(images, list) else [images]
     if not items:
         raise SchemaError("field 'image' is an empty list")
     if len(items) > max_images:
         raise SchemaError(f"field 'image' holds {len(items)} images; the limit is {max_images}")
+    sources = []
     for i, item in enumerate(items):
         where = f"image[{i}]" if isinstance(images, list) else "image"
-        if isinstance(item, str):
-            continue
-        if not isinstance(item, Mapping):
+        if not isinstance(item, (str, Mapping)):
             raise SchemaError(f"{where} must be an object {{type, value}} or a string, got {type(item).__name__}")
-        kind = item.get("type")
-        if isinstance(kind, str) and kind.strip().lower() in PICKLED_IMAGE_TYPES:
-            raise InvalidImage(f"{where}: image type {kind.strip().lower()!r} is a pickle and is never accepted; "
-                               "send base64, url or npy")
+        try:
+            sources.append(image_source(item, limits))
+        except ServeAppError as exc:
+            if isinstance(images, list):
+                raise type(exc)(f"{where}: {exc.message}") from None
+            raise
+    return tuple(sources)
 
 
 def finish_results(results: list[dict], *, inference_id: str | None, elapsed: float,
@@ -216,6 +176,13 @@ def client_registry(view: Mapping[str, Any]) -> dict[str, Any]:
         if target in by_id and alias not in by_id:
             models.append({**by_id[target], "model_id": alias, "alias_of": target})
     return {**view, "models": models}
+
+
+def _draw(data: Mapping[str, Any], enabled: str, labels: str, stroke: str) -> DrawOptions | None:
+    """How to draw the predictions, if the request asks for pictures (``enabled``)."""
+    wanted, options = _flag(data, enabled, False), DrawOptions(labels=_flag(data, labels, True),
+                                                               stroke=_stroke(data.get(stroke), stroke))
+    return options if wanted else None
 
 
 def _flag(data: Mapping[str, Any], name: str, default: bool) -> bool:

@@ -1,4 +1,5 @@
-"""The route table. Handlers live on the Gateway deployment; this module only assembles.
+"""The route table and the Starlette app. Handlers live on the Gateway deployment; this module only
+assembles, with the one exception-to-response mapping (``http/errors.py``).
 
 Order matters: Starlette takes the first route whose path and method match, and the legacy
 ``POST /{dataset}/{version}`` would match any two-segment path, so it comes last; its handler
@@ -8,12 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from serve_app.http.errors import exception_handlers
+
 # first path segments that belong to the routes below, never to a legacy model name
 RESERVED_SEGMENTS = frozenset({"infer", "model", "healthz", "readiness", "info"})
+
+
+def build_app(routes: list[Route]) -> Starlette:
+    """The gateway's ASGI app: ``routes`` (from :func:`build_routes`), errors answered by ``http/errors.py``."""
+    return Starlette(routes=routes, exception_handlers=exception_handlers())
 
 
 def build_routes(gateway: Any) -> list[Route]:

@@ -1,8 +1,9 @@
 """Draw a Roboflow-shaped result on its image: boxes, filled masks, keypoints with skeleton, labels.
 
 Colours come from the manifest's ``class_colors`` (``{"circle": "#FF3838"}``); a class without
-one takes Roboflow's default palette by class id. Pure functions on BGR ``uint8`` arrays, so the
-gateway runs them in a thread and the tests run them without a server.
+one takes Roboflow's default palette by class id. Pure functions on BGR ``uint8`` arrays: the
+replica draws on the images it decoded for inference (a request's ``draw`` options, see
+``http/requests.py``), so no image is decoded twice, and the tests run them without a server.
 
 >>> image = np.zeros((40, 60, 3), np.uint8)
 >>> result = {"predictions": [{"x": 30, "y": 20, "width": 20, "height": 10, "class": "a", "class_id": 0,
@@ -13,7 +14,6 @@ gateway runs them in a thread and the tests run them without a server.
 """
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,8 +22,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from serve_app.errors import InvalidImage, ServeAppError
-from serve_app.pipeline.images import ImageLimits, decode_image_bytes, fetch_image_url, load_image, load_image_bytes
 
 # Roboflow's default annotation palette (supervision's ColorPalette.ROBOFLOW), as hex RGB.
 PALETTE = ("#A351FB", "#FF4040", "#FFA1A0", "#FF7633", "#FFB633", "#D1D435", "#4CFB12", "#94CF1A", "#40DE8A",
@@ -164,52 +162,8 @@ def _label(canvas: np.ndarray, text: str, corner: tuple[int, int], colour: tuple
     return bottom
 
 
-# -- the gateway's side: the images of a request, decoded as the replica decodes them ---------------
-def decode_request_images(payload: dict[str, Any], limits: ImageLimits) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Decode a model payload's images for drawing; URL images are fetched once, here, and sent on as base64.
-
-    Orientation follows ``disable_preproc_auto_orient`` as on the replica, so the predictions
-    (original-image pixels) land where they belong.
-    """
-    auto_orient = not (payload.get("params") or {}).get("disable_preproc_auto_orient", False)
-    if "body" in payload:
-        image = load_image_bytes(payload["body"], payload.get("content_type"), limits, auto_orient=auto_orient)
-        return payload, [image]
-    specs = payload["images"]
-    items = specs if isinstance(specs, list) else [specs]
-    sent, originals = [], []
-    for i, spec in enumerate(items):
-        try:
-            url = _url_of(spec)
-            if url is None:
-                originals.append(load_image(spec, limits, auto_orient=auto_orient))
-                sent.append(spec)
-            else:
-                data = fetch_image_url(url, limits)
-                originals.append(decode_image_bytes(data, limits, auto_orient=auto_orient))
-                sent.append({"type": "base64", "value": base64.b64encode(data).decode("ascii")})
-        except ServeAppError as exc:
-            if isinstance(specs, list):
-                raise type(exc)(f"image {i}: {exc.message}") from None
-            raise
-    return {**payload, "images": sent if isinstance(specs, list) else sent[0]}, originals
-
-
 def render(originals: Sequence[np.ndarray], results: Sequence[Mapping[str, Any]], class_colors: Mapping[str, str],
            skeleton: Sequence[tuple[int, int]], options: DrawOptions) -> list[bytes]:
     """One JPEG per image with its result drawn."""
     return [encode_jpeg(draw_result(image, result, class_colors, skeleton, options))
             for image, result in zip(originals, results)]
-
-
-def _url_of(spec: Any) -> str | None:
-    if isinstance(spec, str):
-        value = spec
-    elif isinstance(spec, Mapping) and str(spec.get("type", "")).strip().lower() == "url":
-        value = spec.get("value")
-        if not isinstance(value, str) or not value:
-            raise InvalidImage("image of type 'url' needs a string 'value'")
-        return value.strip()
-    else:
-        return None
-    return value.strip() if value.lstrip()[:8].lower().startswith(("http://", "https://")) else None

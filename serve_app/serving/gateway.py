@@ -1,5 +1,9 @@
 """The ``Gateway`` deployment: the HTTP API (plain Starlette), id resolution, forwarding.
 
+Requests are parsed and validated in ``http/`` into an :class:`~serve_app.http.requests.InferRequest`,
+resolved here, and sent to a replica as a :class:`~serve_app.http.requests.ModelRequest`; route
+handlers raise, and the app's exception handlers (``http/errors.py``) answer.
+
 A Starlette app as ingress: ``@serve.ingress()`` with no argument and a
 ``__serve_build_asgi_app__`` method that returns the app, so routes can use ``self``.
 """
@@ -21,16 +25,15 @@ from starlette.responses import JSONResponse, Response
 from serve_app.artifacts.actor import artifact_cache_handle
 from serve_app.errors import MethodNotAllowed, RouteNotFound, SchemaError
 from serve_app.http.auth import AdminAccess, ApiKey
-from serve_app.http.errors import (EXCEPTION_HANDLERS, as_serve_error,
-                                   error_response)
+from serve_app.http.errors import as_serve_error
 from serve_app.http.parsing import MODEL_ID_HEADER, is_json, media_type, multipart_file, parse_json, read_body
-from serve_app.http.roboflow import (ROUTE_OF_TASK, TASK_ROUTES, InferRequest, client_registry, finish_results,
-                                     from_json_body, from_legacy_query, from_query)
-from serve_app.http.routes import RESERVED_SEGMENTS, build_routes, methods_of
-from serve_app.http.visualize import DrawOptions, decode_request_images, render
+from serve_app.http.requests import MAX_IMAGES_PER_REQUEST, InferRequest
+from serve_app.http.roboflow import (ROUTE_OF_TASK, TASK_ROUTES, client_registry, finish_results, from_json_body,
+                                     from_legacy_query, from_query)
+from serve_app.http.routes import RESERVED_SEGMENTS, build_app, build_routes, methods_of
+from serve_app.http.server_timing import server_timing
 from serve_app.registry.actor import registry_handle
 from serve_app.registry.manifest import Manifest, validate_model_id
-from serve_app.serving.model_server import MAX_IMAGES_PER_REQUEST
 from serve_app.settings import Settings
 
 log = logging.getLogger("serve_app.gateway")
@@ -149,7 +152,7 @@ class Gateway:
         self.routes = build_routes(self)
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return Starlette(routes=self.routes, exception_handlers=EXCEPTION_HANDLERS)
+        return build_app(self.routes)  # route handlers raise; http/errors.py answers
 
     # -- authorization -------------------------------------------------------------------------
     def _key_in_body(self, request: Request) -> bool:
@@ -181,65 +184,55 @@ class Gateway:
     async def handle_infer(self, request: Request, task_route: str | None = None) -> Any:
         """``POST /infer`` (header route: JSON or raw image body) and ``POST /infer/{task}`` (JSON body)."""
         started = time.perf_counter()
-        try:
-            task = None
-            if task_route is not None:
-                task = TASK_ROUTES.get(task_route)
-                if task is None:
-                    raise RouteNotFound(f"no route POST /infer/{task_route[:40]}; tasks: "
-                                        f"{', '.join('/infer/' + r for r in TASK_ROUTES)}")
-            header_ref = request.headers.get(MODEL_ID_HEADER)
-            if task_route is not None or is_json(request):
-                req = from_json_body(await self._json_body(request), MAX_IMAGES_PER_REQUEST)
-                payload: dict[str, Any] = {"images": req.images, "params": req.params}
-            else:
-                self._authorize(request)
-                body = await read_body(request, self.settings.max_body_bytes)
-                if not body:
-                    raise SchemaError("the request body is empty: send the image bytes or a JSON body with 'image'")
-                req = from_query(request.query_params)
-                payload = {"body": body, "content_type": request.headers.get("content-type"), "params": req.params}
-            model_ref = header_ref or req.model_ref
-            if not model_ref:
-                raise SchemaError(f"no model id: send the '{MODEL_ID_HEADER}' header or 'model_id' in the body")
-            return await self._infer(req, model_ref, payload, task, started)
-        except Exception as exc:
-            return error_response(exc)
+        task = None
+        if task_route is not None:
+            task = TASK_ROUTES.get(task_route)
+            if task is None:
+                raise RouteNotFound(f"no route POST /infer/{task_route[:40]}; tasks: "
+                                    f"{', '.join('/infer/' + r for r in TASK_ROUTES)}")
+        header_ref = request.headers.get(MODEL_ID_HEADER)
+        limits = self.settings.image_limits
+        if task_route is not None or is_json(request):
+            req = from_json_body(await self._json_body(request), MAX_IMAGES_PER_REQUEST, limits)
+        else:
+            self._authorize(request)
+            body = await read_body(request, self.settings.max_body_bytes)
+            if not body:
+                raise SchemaError("the request body is empty: send the image bytes or a JSON body with 'image'")
+            req = from_query(request.query_params).with_body(body, request.headers.get("content-type"), limits)
+        model_ref = header_ref or req.model_ref
+        if not model_ref:
+            raise SchemaError(f"no model id: send the '{MODEL_ID_HEADER}' header or 'model_id' in the body")
+        return await self._infer(req, model_ref, task, started)
 
     async def handle_legacy(self, request: Request) -> Any:
         """Roboflow's legacy ``POST /{dataset}/{version}``: base64 or raw body, multipart ``file`` or ``?image=``."""
         started = time.perf_counter()
-        try:
-            dataset, version = request.path_params["dataset"], request.path_params["version"]
-            if dataset in RESERVED_SEGMENTS:
-                allowed = methods_of(self.routes, f"/{dataset}/{version}")
-                if allowed:
-                    raise MethodNotAllowed(f"POST is not allowed on /{dataset}/{version}; "
-                                           f"allowed: {', '.join(allowed)}")
-                raise RouteNotFound(f"no route POST /{dataset}/{version[:40]}; '{dataset}' cannot be a model name "
-                                    "on the legacy route")
-            self._authorize(request)
-            req = from_legacy_query(request.query_params, dataset, version)
-            validate_model_id(req.model_ref)
-            body = await read_body(request, self.settings.max_body_bytes)
-            content_type = request.headers.get("content-type")
-            if req.images is not None:  # ?image=<url> wins over a body, as on Roboflow's server
-                payload: dict[str, Any] = {"images": req.images, "params": req.params}
-            elif not body:
+        dataset, version = request.path_params["dataset"], request.path_params["version"]
+        if dataset in RESERVED_SEGMENTS:
+            allowed = methods_of(self.routes, f"/{dataset}/{version}")
+            if allowed:
+                raise MethodNotAllowed(f"POST is not allowed on /{dataset}/{version}; "
+                                       f"allowed: {', '.join(allowed)}")
+            raise RouteNotFound(f"no route POST /{dataset}/{version[:40]}; '{dataset}' cannot be a model name "
+                                "on the legacy route")
+        self._authorize(request)
+        req = from_legacy_query(request.query_params, dataset, version)
+        validate_model_id(req.model_ref)
+        body = await read_body(request, self.settings.max_body_bytes)
+        content_type = request.headers.get("content-type")
+        if not req.images:  # ?image=<url> wins over a body, as on Roboflow's server
+            if not body:
                 raise SchemaError("no image: send it as the body (bytes or base64), as multipart 'file', "
                                   "or as ?image=<url>")
-            else:
-                if media_type(content_type) == "multipart/form-data":
-                    body, content_type = multipart_file(body, content_type or "")
-                    if not body:
-                        raise SchemaError("the multipart 'file' field is empty")
-                payload = {"body": body, "content_type": content_type, "params": req.params}
-            return await self._infer(req, req.model_ref, payload, None, started)
-        except Exception as exc:
-            return error_response(exc)
+            if media_type(content_type) == "multipart/form-data":
+                body, content_type = multipart_file(body, content_type or "")
+                if not body:
+                    raise SchemaError("the multipart 'file' field is empty")
+            req = req.with_body(body, content_type, self.settings.image_limits)
+        return await self._infer(req, req.model_ref, None, started)
 
-    async def _infer(self, req: InferRequest, model_ref: str, payload: dict[str, Any], task: str | None,
-                     started: float) -> Response:
+    async def _infer(self, req: InferRequest, model_ref: str, task: str | None, started: float) -> Response:
         manifest = await self.core.resolve(model_ref)
         if task is not None and manifest.task != task:
             message = (f"model {model_ref!r} is a {manifest.task} model, and POST /infer/{ROUTE_OF_TASK[task]} "
@@ -247,81 +240,58 @@ class Gateway:
             if manifest.task in ROUTE_OF_TASK:
                 message += f": send it to POST /infer/{ROUTE_OF_TASK[manifest.task]}"
             raise SchemaError(message)
-        originals = None
-        if req.visualization.enabled:
-            payload, originals = await asyncio.to_thread(decode_request_images, payload, self.settings.image_limits)
-        out = await self.core.infer(manifest, payload)
-        results = out["results"]
-        pictures = None
-        if originals is not None:
-            options = DrawOptions(labels=req.visualization.labels, stroke=req.visualization.stroke)
-            skeleton = manifest.keypoints.skeleton if manifest.keypoints else ()
-            pictures = await asyncio.to_thread(render, originals, results, manifest.class_colors, skeleton, options)
+        out = await self.core.infer(manifest, req.for_model(manifest.key))
+        pictures = out.get("visualizations")  # drawn by the replica, on the images it decoded
         headers = {"X-Replica": out["replica"], "X-Model-Id": manifest.model_id,
                    "Server-Timing": server_timing(out.get("timings") or {}, time.perf_counter() - started)}
         if req.response_format == "image" and pictures:
             return Response(pictures[0], media_type="image/jpeg", headers=headers)
-        bodies = finish_results(results, inference_id=req.inference_id, elapsed=time.perf_counter() - started,
+        bodies = finish_results(out["results"], inference_id=req.inference_id, elapsed=time.perf_counter() - started,
                                 visualizations=pictures)
         return JSONResponse(bodies if req.batched else bodies[0], headers=headers)
 
     # -- model management ----------------------------------------------------------------------
     async def handle_registry(self, request: Request) -> Any:
-        try:
-            self._authorize(request)
-            return JSONResponse(client_registry(await self.core.registry_view()))
-        except Exception as exc:
-            return error_response(exc)
+        self._authorize(request)
+        return JSONResponse(client_registry(await self.core.registry_view()))
 
     async def handle_add(self, request: Request) -> Any:
         """Add a model (``manifest`` or ``weights_uri``) and/or load one (``model_id``, inference-sdk's load_model)."""
-        try:
-            data = await self._json_body(request, admin=True)
-            if "manifest" in data or "weights_uri" in data:
-                added = await self.core.registry.add.remote(data)
-                model_id = added["model_id"]
-            else:
-                model_id = validate_model_id(data.get("model_id"))
-            self.core.invalidate()
-            loaded = None
-            if data.get("load", True):
-                loaded = await self.core.load(model_id)
-            view = await self.core.registry_view()
-            if loaded is not None:
-                view = with_loaded(view, loaded)
-            return JSONResponse(client_registry(view))
-        except Exception as exc:
-            return error_response(exc)
+        data = await self._json_body(request, admin=True)
+        if "manifest" in data or "weights_uri" in data:
+            added = await self.core.registry.add.remote(data)
+            model_id = added["model_id"]
+        else:
+            model_id = validate_model_id(data.get("model_id"))
+        self.core.invalidate()
+        loaded = None
+        if data.get("load", True):
+            loaded = await self.core.load(model_id)
+        view = await self.core.registry_view()
+        if loaded is not None:
+            view = with_loaded(view, loaded)
+        return JSONResponse(client_registry(view))
 
     async def handle_remove(self, request: Request) -> Any:
-        try:
-            data = await self._json_body(request, admin=True)
-            model_id = validate_model_id(data.get("model_id"))
-            await self.core.registry.remove.remote(model_id)
-            self.core.invalidate()
-            return JSONResponse(client_registry(await self.core.registry_view()))
-        except Exception as exc:
-            return error_response(exc)
+        data = await self._json_body(request, admin=True)
+        model_id = validate_model_id(data.get("model_id"))
+        await self.core.registry.remove.remote(model_id)
+        self.core.invalidate()
+        return JSONResponse(client_registry(await self.core.registry_view()))
 
     async def handle_alias(self, request: Request) -> Any:
         """``POST /model/alias`` ``{"alias", "model_id"}``: point an alias at a model (admin)."""
-        try:
-            data = await self._json_body(request, admin=True)
-            alias, target = validate_model_id(data.get("alias")), validate_model_id(data.get("model_id"))
-            await self.core.registry.set_alias.remote(alias, target)
-            self.core.invalidate()
-            return JSONResponse(client_registry(await self.core.registry_view()))
-        except Exception as exc:
-            return error_response(exc)
+        data = await self._json_body(request, admin=True)
+        alias, target = validate_model_id(data.get("alias")), validate_model_id(data.get("model_id"))
+        await self.core.registry.set_alias.remote(alias, target)
+        self.core.invalidate()
+        return JSONResponse(client_registry(await self.core.registry_view()))
 
     async def handle_clear(self, request: Request) -> Any:
-        try:
-            self.admin.check_open()
-            self._authorize(request, admin=True)
-            await self.core.unload_all()
-            return JSONResponse(client_registry(await self.core.registry_view()))
-        except Exception as exc:
-            return error_response(exc)
+        self.admin.check_open()
+        self._authorize(request, admin=True)
+        await self.core.unload_all()
+        return JSONResponse(client_registry(await self.core.registry_view()))
 
     # -- probes and information ----------------------------------------------------------------
     async def handle_readiness(self, request: Request) -> Any:
@@ -336,11 +306,8 @@ class Gateway:
     async def handle_info(self, request: Request) -> Any:
         from serve_app import __version__
 
-        try:
-            self._authorize(request)
-            return JSONResponse({"name": "serve_app", "version": __version__, "uuid": self.instance_id})
-        except Exception as exc:
-            return error_response(exc)
+        self._authorize(request)
+        return JSONResponse({"name": "serve_app", "version": __version__, "uuid": self.instance_id})
 
 
 def serve_bind_host() -> str | None:
@@ -352,18 +319,6 @@ def serve_bind_host() -> str | None:
     except Exception:
         log.warning("could not read Serve's HTTP bind address; admin routes need the admin key")
         return None
-
-
-def server_timing(stages: dict[str, float], gateway_total_s: float | None = None) -> str:
-    """The replica's stages and the gateway's total as a ``Server-Timing`` header (milliseconds).
-
-    >>> server_timing({"decode": 0.002}, 0.0105)
-    'decode;dur=2.00, gateway;dur=10.50'
-    """
-    parts = [f"{name};dur={seconds * 1e3:.2f}" for name, seconds in stages.items()]
-    if gateway_total_s is not None:
-        parts.append(f"gateway;dur={gateway_total_s * 1e3:.2f}")
-    return ", ".join(parts)
 
 
 def with_loaded(view: dict, loaded: dict) -> dict:

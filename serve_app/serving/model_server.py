@@ -17,7 +17,6 @@ import asyncio
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,11 @@ from ray import serve
 
 from serve_app.artifacts.actor import artifact_cache_handle
 from serve_app.artifacts.disk_cache import DiskCache
-from serve_app.errors import ArtifactError, InvalidImage, SchemaError
-from serve_app.pipeline.images import load_image, load_image_bytes
+from serve_app.errors import ArtifactError, SchemaError, ServeAppError
+from serve_app.http.direct import direct_infer
+from serve_app.http.requests import MAX_IMAGES_PER_REQUEST, ModelRequest  # noqa: F401 (the name stays here too)
+from serve_app.http.visualize import render
+from serve_app.pipeline.images import load_source
 from serve_app.registry.actor import registry_handle
 from serve_app.registry.manifest import Manifest, split_key
 from serve_app.serving.batcher import TensorBatcher
@@ -40,10 +42,8 @@ from serve_app.serving.routing import (RATES_REPORTED, BusyTime, ModelAwareRoute
                                       routing_stats)
 from serve_app.serving.scheduler import inference_executor, run_as
 from serve_app.settings import Settings
-from serve_app.tasks.params import InferenceParams
 
 log = logging.getLogger("serve_app.model_server")
-MAX_IMAGES_PER_REQUEST = 64
 ROUTING_PUSH_INTERVAL_S = 0.1  # as @serve.multiplexed pushes its model ids
 REPORT_INTERVAL_S = 1.0        # last-use times and request counts to the registry
 HEARTBEAT_S = 2.0              # an idle replica still reports this often (the registry ages reports out)
@@ -260,36 +260,29 @@ class ModelServerCore:
                 log.info("replica %s: %s has new weights; releasing %s", self.replica_id, model_id, other)
                 self.cache.evict(other)
 
-    def decode_images(self, request: dict) -> list[np.ndarray]:
-        params = request.get("params") or {}
-        auto_orient = not params.get("disable_preproc_auto_orient", False)
+    def decode_images(self, request: ModelRequest) -> list[np.ndarray]:
+        """The request's images as pixels: decoded once, here (checked and base64-decoded where it was parsed)."""
+        auto_orient = not request.params.overrides.disable_preproc_auto_orient
         limits = self.settings.image_limits
-        if "body" in request:
-            return [load_image_bytes(request["body"], request.get("content_type"), limits, auto_orient=auto_orient)]
-        images = request.get("images")
-        if images is None:
-            raise SchemaError("the request has no image: send 'image' in the JSON body or the image as the body")
-        if not isinstance(images, list):
-            images = [images]
-        if not images:
-            raise SchemaError("'image' is an empty list")
-        if len(images) > MAX_IMAGES_PER_REQUEST:
-            raise SchemaError(f"'image' holds {len(images)} images; the limit is {MAX_IMAGES_PER_REQUEST}")
         out = []
-        for i, spec in enumerate(images):
+        for i, source in enumerate(request.images):
             try:
-                out.append(load_image(spec, limits, auto_orient=auto_orient))
-            except InvalidImage as exc:
-                raise type(exc)(f"image {i}: {exc.message}" if len(images) > 1 else exc.message) from None
+                out.append(load_source(source, limits, auto_orient=auto_orient))
+            except ServeAppError as exc:
+                raise type(exc)(f"image[{i}]: {exc.message}" if len(request.images) > 1 else exc.message) from None
         return out
 
-    async def infer(self, model_id: str, request: dict) -> dict:
+    async def infer(self, request: ModelRequest) -> dict:
+        """Run ``request`` (decode, queue, preprocess, session, postprocess, and draw if asked)."""
         received = time.perf_counter()
+        model_id = request.key
         stages: dict[str, float] = {}
         ok = False
         self.rates.add(model_id)
         try:
-            params = InferenceParams.from_request(request.get("params") or {})
+            params = request.params
+            if not request.images:
+                raise SchemaError("the request has no image: send 'image' in the JSON body or the image as the body")
             images = await asyncio.to_thread(self.decode_images, request)
             decoded = time.perf_counter()
             stages["decode"] = decoded - received
@@ -328,9 +321,17 @@ class ModelServerCore:
                 loaded.release()
             stages["queue"] = run_started - queued
             stages.update(timings)
+            pictures = None
+            if request.draw is not None:  # on the images decoded above: the gateway decodes none
+                drawn = time.perf_counter()
+                manifest = model.manifest
+                skeleton = manifest.keypoints.skeleton if manifest.keypoints else ()
+                pictures = await asyncio.to_thread(render, images, results, manifest.class_colors, skeleton,
+                                                   request.draw)
+                stages["visualize"] = time.perf_counter() - drawn
             ok = True
             self._report_due = self._report_due or time.monotonic() + REPORT_INTERVAL_S
-            return {"results": results, "replica": self.replica_id, "timings": stages}
+            return {"results": results, "replica": self.replica_id, "timings": stages, "visualizations": pictures}
         finally:
             stages["total"] = time.perf_counter() - received
             self.metrics.request(model_id, ok, stages)
@@ -439,34 +440,14 @@ class ModelServer:
         context = serve.get_replica_context()
         await self.core.leave(context.deployment, context.app_name)
 
-    async def infer(self, request: dict) -> dict:
-        return await self.core.infer(serve.get_multiplexed_model_id(), request)
+    async def infer(self, request: ModelRequest) -> dict:
+        return await self.core.infer(request)
 
     async def __call__(self, request: Any) -> Any:
-        """Direct ingress (``direct_ingress: true``): Serve's proxy routes the model-id header straight
-        here, one hop less than through the Gateway. Raw image body only; the id is resolved here,
-        so an alias is routed by its own name (see the README's note on the measurement)."""
-        from starlette.responses import JSONResponse
-
-        from serve_app.errors import SchemaError
-        from serve_app.http.errors import error_response
-        from serve_app.serving.gateway import server_timing
-        from serve_app.registry.manifest import validate_model_id
-
-        started = time.perf_counter()
-        try:
-            model_ref = serve.get_multiplexed_model_id() or request.headers.get("serve_multiplexed_model_id")
-            if not model_ref:
-                raise SchemaError("send the model id in the 'serve_multiplexed_model_id' header")
-            model_id = await self.core._canonical(validate_model_id(model_ref))
-            out = await self.core.infer(model_id, {"body": await request.body(), "params": dict(request.query_params),
-                                                   "content_type": request.headers.get("content-type")})
-        except Exception as exc:
-            return error_response(exc)
-        result = out["results"][0]
-        result.update(inference_id=str(uuid.uuid4()), time=time.perf_counter() - started)
-        return JSONResponse(result, headers={"X-Replica": out["replica"], "X-Model-Id": model_id,
-                                             "Server-Timing": server_timing(out["timings"])})
+        """Direct ingress (``direct_ingress: true``): see ``http/direct.py``."""
+        s = self.core.settings
+        return await direct_infer(request, serve.get_multiplexed_model_id(), resolve=self.core._canonical,
+                                  infer=self.core.infer, limits=s.image_limits, max_body_bytes=s.max_body_bytes)
 
     async def load(self) -> dict:
         return await self.core.load(serve.get_multiplexed_model_id())
