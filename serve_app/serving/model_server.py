@@ -168,7 +168,9 @@ class ModelServerCore:
         other replica holds are loaded elsewhere first, then the registry forgets it."""
         try:
             sole = await asyncio.wait_for(self.registry.sole_held.remote(self.replica_id, HANDOFF_RECENT_S), 5)
-            if sole and deployment and app:
+            if not sole:
+                log.info("replica %s leaving: every model it used lately is held elsewhere too", self.replica_id)
+            elif deployment and app:
                 handle = serve.get_deployment_handle(deployment, app_name=app)
                 started = time.perf_counter()
                 results = await asyncio.wait_for(asyncio.gather(
