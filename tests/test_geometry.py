@@ -4,8 +4,7 @@ from hypothesis import given, settings, strategies as st
 
 from serve_app.pipeline.geometry import (box_iou, center_crop_transform, letterbox_transform, static_crop_box,
                                          stretch_transform)
-from serve_app.pipeline.preprocess import prepare_image, resize_to_input
-from serve_app.registry.manifest import InputSpec, PreprocessingSpec
+from serve_app.pipeline.preprocess import InputSpec, PreprocessingSpec, prepare_image, resize_to_input
 
 sizes = st.tuples(st.integers(1, 4000), st.integers(1, 4000))
 inputs = st.tuples(st.integers(32, 1280), st.integers(32, 1280))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from serve_app.errors import ManifestError
-from serve_app.pipeline.preprocess import RESIZE_MODES, InputSpec, PreprocessingSpec
+from serve_app.pipeline.preprocess import InputSpec, PreprocessingSpec
 from serve_app.tasks.architectures import names_by_task
 
 ARCHITECTURES = names_by_task()  # task -> its architectures, the default first (tasks/architectures.py)
