@@ -92,7 +92,10 @@ def _env() -> dict[str, str]:
            if k not in ("RAY_ADDRESS", "RAY_TMPDIR", "RAY_AUTH_TOKEN_PATH") and not k.startswith("RAY_SERVE_")}
     env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=_TOKEN,
                # SIGTERM to `ray start --block` drains the node for 30 s first; the tests stop nodes at once
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+               # the GCS declares a silent node dead after ~3 s instead of ~15 s (README "Scale-out")
+               RAY_health_check_period_ms="1000", RAY_health_check_timeout_ms="1000",
+               RAY_health_check_failure_threshold="3")
     return env
 
 

@@ -10,7 +10,9 @@ The tests talk to it over HTTP; where replicas live is read from the head's GCS.
 2. a model added at run time is fetched from a counting loopback origin once while replicas on
    both nodes load it (the other node's copy comes through the object store; both nodes share
    this machine's disk, so the cache folder is the same one);
-3. the worker node killed (SIGKILL) under load: answers counted by status, no 500s, service resumes.
+3. the worker node killed (SIGKILL) under load: answers counted by status; the only 500s are
+   Serve's proxy's, for requests that were in flight on the dead node's Gateway; service resumes
+   within a few seconds (the nodes run with the GCS health checks the README recommends).
 
 The tests run in order in one module-scoped cluster; the last one kills the worker node.
 ``KEEP_CLUSTER_FILES=1`` keeps the cluster's folder (Ray's and Serve's logs, serve.log) afterwards.
@@ -37,7 +39,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
 MODEL_SERVER_CPUS = 0.5
 ADDED = "added-cls/1"
-REPLICA_FIELDS = {"replica", "node_id", "pid", "models", "ready", "reported_at"}
+REPLICA_FIELDS = {"replica", "node_id", "pid", "models", "ready", "reported_s_ago", "loads", "evictions", "memory"}
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +211,8 @@ def test_3_node_killed_under_load(cluster, app):
                 r = session.post(app.url + "/infer", data=body, headers={"serve_multiplexed_model_id": "shapes-det/1"},
                                  timeout=60)
                 outcome, replica = str(r.status_code), r.headers.get("X-Replica", "")
+                if r.status_code >= 500 and r.headers.get("content-type", "").startswith("application/json"):
+                    outcome += "-ours"  # one of our JSON errors, not Serve's proxy's plain text
             except requests.RequestException as exc:
                 outcome = f"error:{type(exc).__name__}"
                 session = requests.Session()
@@ -252,5 +256,13 @@ def test_3_node_killed_under_load(cluster, app):
     except Exception as exc:  # the record above is what this test is for
         print("after the kill, asking failed:", exc)
 
-    assert counts["500"] == 0, "HTTP 500s while a node died: " + summary
+    # Serve's proxy answers a plain 500 for a request in flight on a Gateway whose node died (the
+    # hop proxy -> Gateway has no retry); each client has one request in flight, so at most `clients`
+    proxy_500s = [(s, a) for s, a, o, _ in results if o == "500"]
+    assert all(s < killed for s, _ in proxy_500s) and len(proxy_500s) <= clients, \
+        "500s beyond the requests in flight on the lost node: " + summary
+    assert not [o for o in counts if o.endswith("-ours") and not o.startswith("503")], \
+        "our own 5xx other than 503: " + summary
+    assert not [o for o in counts if o.startswith("error")], "connection errors: " + summary
+    assert gap < 8.0, "too long without service after the node died: " + summary
     assert late and all(o == "200" for o in late), "service did not resume: " + summary

@@ -27,6 +27,7 @@ Serve every ``request_routing_stats_period_s``.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -192,4 +193,9 @@ class ModelAwareRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         if not key:
             return [candidate_replicas]
         cache = self.replica_queue_len_cache
-        return rank_for_model(key, candidate_replicas, lambda r: cache.get(r.replica_id), self.spread_at_ongoing)
+        ranks = rank_for_model(key, candidate_replicas, lambda r: cache.get(r.replica_id), self.spread_at_ongoing)
+        if ranks and len(ranks[0]) > 2:
+            # two at random, the shorter queue wins (Serve picks it): the queue lengths this router
+            # knows are a little stale, and "the shortest of all" herds requests onto one replica
+            ranks[0] = random.sample(ranks[0], 2)
+        return ranks
