@@ -149,8 +149,9 @@ def spill_cost(stats: dict[str, Any], models_held: int) -> tuple:
     has_room = free_slots is not None and free_slots > 0 and (free_bytes is None or free_bytes > 0)
     victim_idle = stats.get("victim_idle_s")
     no_victim = not has_room and victim_idle is None and bool(stats)  # only pinned models: it would refuse
-    return (0 if has_room else 2 if no_victim else 1, -(victim_idle or 0.0), stats.get("utilization", 0.0),
-            models_held)
+    # with room nothing is evicted, so how idle the would-be victim is does not matter
+    return (0 if has_room else 2 if no_victim else 1, 0.0 if has_room else -(victim_idle or 0.0),
+            stats.get("utilization", 0.0), models_held)
 
 
 def rank_for_model(key: str, candidates: list[Any], queue_len: Callable[[Any], int | None],
@@ -193,6 +194,7 @@ class ModelAwareRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         if not key:
             return [candidate_replicas]
         cache = self.replica_queue_len_cache
+        candidate_replicas = random.sample(candidate_replicas, len(candidate_replicas))  # ties broken at random
         ranks = rank_for_model(key, candidate_replicas, lambda r: cache.get(r.replica_id), self.spread_at_ongoing)
         if ranks and len(ranks[0]) > 2:
             # two at random, the shorter queue wins (Serve picks it): the queue lengths this router
