@@ -14,11 +14,14 @@ is polled every second for the live replicas and what each holds.
 
 Variants: ``model-aware`` (the default: serving/routing.py's ModelAwareRouter spreads a model
 once every holder has ``spread_at_ongoing`` requests in flight) and ``serve-default``
-(``hot_model_routing: false``: Serve's own router, which spills only when holders are full).
+(``hot_model_routing: false``: Serve's own router, which spills only when holders are full),
+both with new replicas prewarming the 2 hottest models, and each ``-no-prewarm`` (replicas start
+empty: what the router does on its own).
 
 Measured per variant: replicas over time, each replica's share of the hot model's answers from
-15 s after it became ready to the end of the step (target: at least 1/k - 10 points with k
-replicas), answers by status during the step and during scale-down (target: no 5xx), latency.
+15 s after it became ready to the end of the step or its removal (target: at least the even
+share 1/k over the replicas ready each second, less 10 points), answers by status during the
+step and during scale-down (target: no 5xx), latency.
 Writes benchmarks/results/scale.json (machine and versions included) and scale.png.
 """
 from __future__ import annotations
@@ -44,6 +47,9 @@ SHARE_SLACK = 0.10
 VARIANTS: dict[str, list[str]] = {
     "model-aware": ["args.hot_model_routing=true"],
     "serve-default": ["args.hot_model_routing=false"],
+    # without prewarm: what each router does on its own with replicas that start empty
+    "model-aware-no-prewarm": ["args.hot_model_routing=true", "args.prewarm_models=0"],
+    "serve-default-no-prewarm": ["args.hot_model_routing=false", "args.prewarm_models=0"],
 }
 
 
@@ -99,7 +105,7 @@ def run_variant(name: str, overrides: list[str], opts: argparse.Namespace, image
                    "target_ongoing_requests": 4, "upscale_delay_s": 3, "downscale_delay_s": 15,
                    "metrics_interval_s": 1, "look_back_period_s": 3}
     server = ScaledServer(run_dir, autoscaling, repositories=[layout.ROOT / "configs" / "models"],
-                          overrides=[*overrides, "args.intra_op_threads=1", "args.prewarm_models=2",
+                          overrides=["args.intra_op_threads=1", "args.prewarm_models=2", *overrides,
                                      f"ModelServer.ray_actor_options.num_cpus={opts.replica_cpus}"])
     started = server.start()
     log(f"  {name}: ready in {started.seconds:.0f} s")
@@ -160,21 +166,6 @@ def analyse(name: str, overrides: list[str], rows: list[tuple], views: list[dict
             if rid not in live and rid not in gone_at and view["t"] > ready_at[rid]:
                 gone_at[rid] = view["t"]
     in_step = [r for r in rows if step_start <= r[1] <= step_end]
-    shares: dict[str, dict] = {}
-    for rid, t_ready in ready_at.items():
-        window_start = max(step_start, t_ready + SHARE_AFTER_READY_S)
-        if window_start >= step_end:
-            continue
-        window = [r for r in in_step if r[1] >= window_start and r[2] == 200]
-        # k: the most replicas ready at once during the window (a later one dilutes every share)
-        k = max((len([x for x in v["replicas"] if x["ready"]]) for v in views
-                 if window_start <= v["t"] <= step_end), default=0)
-        mine = sum(1 for r in window if r[3] == rid)
-        share = mine / len(window) if window else 0.0
-        shares[rid[:12]] = {"ready_at_s": round(t_ready, 1), "window_s": [round(window_start, 1), step_end],
-                            "replicas_in_window": k, "share": round(share, 3),
-                            "target": round(1 / k - SHARE_SLACK, 3) if k else None,
-                            "met": bool(k and share >= 1 / k - SHARE_SLACK)}
     def statuses(sel: list[tuple]) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in sel:
@@ -196,6 +187,7 @@ def analyse(name: str, overrides: list[str], rows: list[tuple], views: list[dict
                          "per_replica": per_replica,
                          "p50_ms": round(float(np.median([(r[1] - r[0]) * 1e3 for r in done if r[2] == 200])), 1)
                          if per_replica else None})
+    shares = replica_shares(timeline, ready_at, gone_at, step_start, step_end)
     return {"variant": name, "overrides": overrides, "replicas_seen": len(ready_at),
             "max_replicas_live": max((t["replicas"] for t in timeline), default=0),
             "shares": shares, "share_target_met": bool(shares) and all(s["met"] for s in shares.values()),
@@ -205,6 +197,33 @@ def analyse(name: str, overrides: list[str], rows: list[tuple], views: list[dict
             "latency_step_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1)}
             if len(lat) else None,
             "timeline": timeline}
+
+
+def replica_shares(timeline: list[dict], ready_at: dict[str, float], gone_at: dict[str, float],
+                   step_start: float, step_end: float) -> dict[str, dict]:
+    """Each replica's share of the hot model's answers from 15 s after it was ready until it left
+    or the step ended, against what an even spread over the replicas ready each second gives
+    (the autoscaler may remove a replica during the step, and then the others' fair share grows).
+
+    >>> tl = [{"t": t, "answers": 6, "replicas": 2, "per_replica": {"a": 3, "b": 3}} for t in range(40)]
+    >>> replica_shares(tl, {"a": 0.0, "b": 5.0}, {}, 0.0, 40.0)["b"]["share"]
+    0.5
+    """
+    out: dict[str, dict] = {}
+    for rid, t_ready in ready_at.items():
+        start = max(step_start, t_ready + SHARE_AFTER_READY_S)
+        end = min(step_end, gone_at.get(rid, step_end))
+        seconds = [x for x in timeline if start <= x["t"] and x["t"] + 1 <= end and x["answers"]]
+        if not seconds:
+            continue
+        total = sum(x["answers"] for x in seconds)
+        mine = sum(x["per_replica"].get(rid[:12], 0) for x in seconds)
+        even = sum(x["answers"] / max(1, x["replicas"]) for x in seconds) / total
+        share = mine / total
+        out[rid[:12]] = {"ready_at_s": round(t_ready, 1), "window_s": [round(start, 1), round(end, 1)],
+                         "answers_in_window": total, "share": round(share, 3), "even_share": round(even, 3),
+                         "target": round(even - SHARE_SLACK, 3), "met": share >= even - SHARE_SLACK}
+    return out
 
 
 def plot(results: list[dict], path: Path, opts: argparse.Namespace) -> None:
@@ -247,7 +266,7 @@ def plot(results: list[dict], path: Path, opts: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variants", default="model-aware,serve-default")
+    p.add_argument("--variants", default="model-aware,serve-default,model-aware-no-prewarm,serve-default-no-prewarm")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--idle", type=float, default=5.0)
     p.add_argument("--step", type=float, default=60.0)
@@ -255,7 +274,11 @@ def main() -> None:
     p.add_argument("--max-replicas", type=int, default=4)
     p.add_argument("--replica-cpus", type=float, default=0.3)
     p.add_argument("--out", default=str(layout.RESULTS / "scale.json"))
+    p.add_argument("--reanalyse", help="recompute the shares of an earlier result file and plot it again")
     opts = p.parse_args()
+    if opts.reanalyse:
+        reanalyse(Path(opts.reanalyse))
+        return
     busy = check_quiet(None)
     images = scene_images()
     results = [run_variant(v, VARIANTS[v], opts, images) for v in opts.variants.split(",")]
@@ -275,6 +298,27 @@ def main() -> None:
         log(f"{r['variant']}: replicas seen {r['replicas_seen']}, shares {[(k, v['share'], v['target']) for k, v in r['shares'].items()]}, "
             f"met={r['share_target_met']}, step {r['statuses_step']}, scale-down {r['statuses_scale_down']}, "
             f"{r['throughput_step']} req/s, {r['latency_step_ms']}")
+
+
+def reanalyse(path: Path) -> None:
+    doc = json.loads(path.read_text())
+    opts = argparse.Namespace(**doc["options"])
+    for res in doc["results"]:
+        tl = res["timeline"]
+        ready_at: dict[str, float] = {}
+        gone_at: dict[str, float] = {}
+        for rid, info in res["shares"].items():
+            ready_at[rid] = info["ready_at_s"]
+        for rid in ready_at:  # the last second it answered, if it stopped before the step's end
+            seen = [x["t"] for x in tl if x["per_replica"].get(rid)]
+            if seen and max(seen) + 3 < opts.idle + opts.step:
+                gone_at[rid] = max(seen) + 1
+        res["shares"] = replica_shares(tl, ready_at, gone_at, opts.idle, opts.idle + opts.step)
+        res["share_target_met"] = bool(res["shares"]) and all(s["met"] for s in res["shares"].values())
+    path.write_text(json.dumps(doc, indent=1))
+    plot(doc["results"], path.with_suffix(".png"), opts)
+    for r in doc["results"]:
+        log(f"{r['variant']}: {r['shares']}")
 
 
 if __name__ == "__main__":
