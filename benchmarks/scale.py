@@ -39,6 +39,7 @@ import requests
 
 from benchmarks import layout
 from benchmarks.context import _git, check_quiet, machine
+from benchmarks.fairness import scene_images
 from benchmarks.servers import OurServer, log
 
 HOT = "shapes-det/1"
@@ -51,17 +52,6 @@ VARIANTS: dict[str, list[str]] = {
     "model-aware-no-prewarm": ["args.hot_model_routing=true", "args.prewarm_models=0"],
     "serve-default-no-prewarm": ["args.hot_model_routing=false", "args.prewarm_models=0"],
 }
-
-
-def scene_images(count: int = 8) -> list[bytes]:
-    """640x480 JPEGs of the shapes the built-in detector knows."""
-    import cv2
-
-    from zoo.shapes import draw_scene
-
-    rng = np.random.default_rng(11)
-    return [cv2.imencode(".jpg", draw_scene(rng, size=(640, 480), max_shapes=4).image,
-                         [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for _ in range(count)]
 
 
 def client(url: str, images: list[bytes], start_s: float, stop_s: float, go: Any, go_at: Any, out: Any,

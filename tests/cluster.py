@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,6 +340,19 @@ class LocalCluster:
                 node.proc.wait(10)
         if not keep_files:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def two_nodes() -> Iterator[LocalCluster]:
+    """A head and one worker, 2 logical CPUs each (custom resources ``node_head``/``node_w0``);
+    ``KEEP_CLUSTER_FILES=1`` keeps Ray's and Serve's logs afterwards."""
+    c = LocalCluster()
+    try:
+        c.start_head(num_cpus=2, resources={"node_head": 1})
+        c.add_node(num_cpus=2, resources={"node_w0": 1})
+        yield c
+    finally:
+        c.stop(keep_files=bool(os.environ.get("KEEP_CLUSTER_FILES")))
 
 
 class ServeRun:

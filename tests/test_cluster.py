@@ -19,7 +19,6 @@ The tests run in order in one module-scoped cluster; the last one kills the work
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.cluster import ROOT, LocalCluster, ServeRun
+from tests.cluster import ROOT, LocalCluster, ServeRun, two_nodes
 from tests.fixture_models import RED, colour_classifier, solid_jpeg
 from tests.servers import OriginServer, free_port
 from zoo.shapes import draw_scene
@@ -44,13 +43,8 @@ REPLICA_FIELDS = {"replica", "node_id", "pid", "models", "ready", "reported_s_ag
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = LocalCluster()
-    try:
-        c.start_head(num_cpus=2, resources={"node_head": 1})
-        c.add_node(num_cpus=2, resources={"node_w0": 1})
+    with two_nodes() as c:
         yield c
-    finally:
-        c.stop(keep_files=bool(os.environ.get("KEEP_CLUSTER_FILES")))  # set it to read Ray's logs afterwards
 
 
 @pytest.fixture(scope="module")

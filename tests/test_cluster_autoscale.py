@@ -8,7 +8,6 @@ ModelServer (delays shortened so the test takes about two minutes): one client s
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.cluster import ROOT, LocalCluster, ServeRun
+from tests.cluster import ROOT, ServeRun, two_nodes
 from tests.servers import free_port
 from zoo.shapes import draw_scene
 
@@ -33,13 +32,8 @@ SHARE_WINDOW_S = 12.0
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = LocalCluster()
-    try:
-        c.start_head(num_cpus=2, resources={"node_head": 1})
-        c.add_node(num_cpus=2, resources={"node_w0": 1})
+    with two_nodes() as c:
         yield c
-    finally:
-        c.stop(keep_files=bool(os.environ.get("KEEP_CLUSTER_FILES")))
 
 
 @pytest.fixture(scope="module")
