@@ -27,7 +27,7 @@ from serve_app.errors import MethodNotAllowed, RouteNotFound, SchemaError
 from serve_app.http.auth import AdminAccess, ApiKey
 from serve_app.http.errors import as_serve_error
 from serve_app.http.parsing import MODEL_ID_HEADER, is_json, media_type, multipart_file, parse_json, read_body
-from serve_app.http.requests import MAX_IMAGES_PER_REQUEST, InferRequest
+from serve_app.http.requests import MAX_IMAGES_PER_REQUEST, InferRequest, ModelRequest
 from serve_app.http.roboflow import (ROUTE_OF_TASK, TASK_ROUTES, client_registry, finish_results, from_json_body,
                                      from_legacy_query, from_query)
 from serve_app.http.routes import RESERVED_SEGMENTS, build_app, build_routes, methods_of
@@ -66,7 +66,7 @@ class GatewayCore:
     def invalidate(self) -> None:
         self._resolved.clear()
 
-    async def infer(self, manifest: Manifest, payload: dict[str, Any]) -> dict:
+    async def infer(self, manifest: Manifest, payload: ModelRequest) -> dict:
         """Forward to a replica holding the (already resolved) model.
 
         A replica that died or became unreachable (its node lost) is retried on another, up to
