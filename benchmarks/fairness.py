@@ -219,7 +219,8 @@ def plot(doc: dict, path: Path) -> None:
         ax.hlines(limit, xi - 2 * width, xi + 2 * width, colors="black", linestyles="dashed",
                   label=f"target: {TARGET_P99_RATIO}x p99 alone" if xi == 0 else None)
     ax.set_xticks(x, [f"{n}\n({runs[n]['detector_p99_ratio']}x p99)" for n in names])
-    ax.set_ylabel("shapes-det/1 latency (ms)")
+    ax.set_yscale("log")
+    ax.set_ylabel("shapes-det/1 latency (ms, log scale)")
     ax.set_title(f"{DETECTOR}: {doc['options']['det_clients']} client(s) alone, then beside "
                  f"{doc['options']['ocr_clients']} {OCR} client(s)")
     ax.legend(fontsize=8)
@@ -250,7 +251,12 @@ def main(argv: list[str] | None = None) -> Path:
                          "a busy spell of the shared machine then falls on all of them")
     ap.add_argument("--quick", action="store_true", help="smoke test: 5 s phases")
     ap.add_argument("--results-dir", type=Path, default=layout.RESULTS)
+    ap.add_argument("--replot", action="store_true", help="only redraw fairness.png from the saved fairness.json")
     args = ap.parse_args(argv)
+    if args.replot:
+        out = args.results_dir / "fairness.json"
+        plot(json.loads(out.read_text()), args.results_dir / "fairness.png")
+        return out
     if args.quick:
         args.duration, args.warmup = 5.0, 3
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
