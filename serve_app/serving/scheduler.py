@@ -146,25 +146,31 @@ class FairScheduler(Executor):
                     picked = self._next()
             model_id, job = picked
             started = self._clock()
-            try:
-                if job.future.set_running_or_notify_cancel():
-                    try:
-                        result = job.fn(*job.args, **job.kwargs)
-                    except BaseException as exc:  # as ThreadPoolExecutor: the caller gets it, the worker goes on
-                        job.future.set_exception(exc)
-                    else:
-                        job.future.set_result(result)
-            finally:
-                elapsed = self._clock() - started
-                with self._lock:
-                    flow = self._flows[model_id]
-                    flow.running -= 1
-                    flow.service_s += elapsed
-                    flow.calls += 1
-                    if not flow.active and len(self._flows) > 64:
-                        del self._flows[model_id]  # forget idle models beyond a few dozen
-                    self._work.notify_all()  # this model may be under its cap again
-            del job
+            run = job.future.set_running_or_notify_cancel()
+            result: Any = None
+            error: BaseException | None = None
+            if run:
+                try:
+                    result = job.fn(*job.args, **job.kwargs)
+                except BaseException as exc:  # as ThreadPoolExecutor: the caller gets it, the worker goes on
+                    error = exc
+            # the books first, then the caller: one who sees the answer sees it counted (and the
+            # model under its cap again)
+            elapsed = self._clock() - started
+            with self._lock:
+                flow = self._flows[model_id]
+                flow.running -= 1
+                flow.service_s += elapsed
+                flow.calls += 1
+                if not flow.active and len(self._flows) > 64:
+                    del self._flows[model_id]  # forget idle models beyond a few dozen
+                self._work.notify_all()  # this model may be under its cap again
+            if run:
+                if error is not None:
+                    job.future.set_exception(error)
+                else:
+                    job.future.set_result(result)
+            del job, result, error
 
     # -- stopping and looking -------------------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
