@@ -71,6 +71,17 @@ def _run(argv: list[str]) -> str:
         return ""
 
 
+def card_facts(gpus: list[str]) -> dict[str, Any]:
+    """The first card's name, driver and memory, from nvidia-smi's ``name, driver, memory`` lines.
+
+    >>> card_facts(["NVIDIA H200, 580.159.04, 143771 MiB"])
+    {'card': 'NVIDIA H200', 'driver': '580.159.04', 'gpu_memory': '143771 MiB', 'gpu_count': 1}
+    """
+    parts = [p.strip() for p in gpus[0].split(",")] if gpus else []
+    parts += [None] * (3 - len(parts))
+    return {"card": parts[0], "driver": parts[1], "gpu_memory": parts[2], "gpu_count": len(gpus)}
+
+
 def machine_facts(commit: str | None) -> dict[str, Any]:
     import onnxruntime
     import ray
@@ -83,7 +94,8 @@ def machine_facts(commit: str | None) -> dict[str, Any]:
                     if line.startswith("model name")), "")
     except OSError:
         pass
-    return {"gpus": [g.strip() for g in smi.splitlines() if g.strip()], "cuda": cuda.group(1) if cuda else None,
+    gpus = [g.strip() for g in smi.splitlines() if g.strip()]
+    return {**card_facts(gpus), "gpus": gpus, "cuda": cuda.group(1) if cuda else None,
             "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
             "ray": ray.__version__, "python": sys.version.split()[0], "cores": os.cpu_count(), "cpu": cpu,
             "loadavg_start": list(os.getloadavg()), "commit": commit or _run(["git", "-C", str(ROOT), "rev-parse", "HEAD"])}
