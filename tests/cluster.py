@@ -7,8 +7,8 @@ deploys the app with ``serve run --address <head>`` as a subprocess. The tests t
 over HTTP only; what they ask Ray (nodes, actors and where they live) goes to the head's GCS from
 a one-off subprocess (:meth:`LocalCluster.gcs`), which needs no ``ray.init`` and no dashboard.
 
-Stopping never uses ``ray stop`` (it kills every Ray process on the host, other people's too):
-each process was started in its own session, and :meth:`LocalCluster.stop` kills those sessions
+Stopping never goes through Ray's own stop command (it ends every Ray process on the host, other
+people's too): each process was started in its own session, and :meth:`LocalCluster.stop` kills those sessions
 and then any process left whose session or command line is one of ours, found in ``/proc``.
 """
 from __future__ import annotations
@@ -401,6 +401,17 @@ class ServeRun:
             if time.time() > deadline:
                 raise TimeoutError(f"/readiness not 200 in {timeout} s: {self.log_tail()}")
             time.sleep(1)
+
+    @contextmanager
+    def running(self, timeout: float = 240, replicas: dict[str, int] | None = None) -> Iterator["ServeRun"]:
+        """Started (and, with ``replicas``, running that many of each deployment) for the ``with``; stopped after."""
+        try:
+            self.start(timeout)
+            if replicas:
+                self.wait_running(replicas, timeout=180)
+            yield self
+        finally:
+            self.stop()
 
     def wait_running(self, replicas: dict[str, int], timeout: float = 180, app_name: str = "vision") -> dict:
         """Wait until Serve runs ``app_name`` with exactly ``replicas`` (deployment -> count) RUNNING

@@ -61,13 +61,8 @@ def app(cluster):
             "ModelServer": {"num_replicas": 2, "max_ongoing_requests": 2,
                             "ray_actor_options": {"num_cpus": MODEL_SERVER_CPUS, "num_gpus": 0}},
         })
-    run = ServeRun(cluster, config, port)
-    try:
-        run.start(timeout=240)
-        run.wait_running({"Gateway": 2, "ModelServer": 2}, timeout=180)
+    with ServeRun(cluster, config, port).running(replicas={"Gateway": 2, "ModelServer": 2}) as run:
         yield run
-    finally:
-        run.stop()
 
 
 @pytest.fixture(scope="module")

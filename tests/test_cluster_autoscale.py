@@ -51,12 +51,8 @@ def app(cluster):
                                                    "metrics_interval_s": 1, "look_back_period_s": 2},
                             "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0}},
         })
-    run = ServeRun(cluster, config, port)
-    try:
-        run.start(timeout=240)
+    with ServeRun(cluster, config, port).running() as run:
         yield run
-    finally:
-        run.stop()
 
 
 def live_replicas(app: ServeRun) -> list[dict]:

@@ -15,7 +15,7 @@ import ray
 
 from serve_app.artifacts.actor import artifact_cache_handle
 from serve_app.artifacts.sources import checked_uri
-from serve_app.errors import InvalidParameter, ManifestError, ServeAppError
+from serve_app.errors import ManifestError, ServeAppError
 from serve_app.registry.catalog import ModelCatalog
 from serve_app.registry.manifest import (FileSpec, Manifest, manifest_from_ultralytics_metadata, split_key,
                                          validate_model_id)
@@ -59,11 +59,9 @@ class ModelRegistryActor:
         policy = self._settings.client_model_policy
         if "manifest" in request:
             manifest = Manifest.from_dict(request["manifest"])
-            missing = [name for name, f in manifest.files.items() if not f.uri]
-            if missing:
-                raise InvalidParameter(f"a model added at run time must give each file a 'uri'; {missing} have none")
             for spec in manifest.files.values():
-                await asyncio.to_thread(checked_uri, spec.uri, policy)
+                if spec.uri:  # a file without one is refused by the catalog (nothing is fetched before)
+                    await asyncio.to_thread(checked_uri, spec.uri, policy)
         else:
             model_id = validate_model_id(request.get("model_id"))
             uri = request.get("weights_uri")
@@ -133,11 +131,10 @@ class ModelRegistryActor:
         return [info["key"] for info in mine.get("models", {}).values()
                 if info.get("key") not in elsewhere and now - (info.get("last_used") or 0) <= recent_s]
 
-    def ready_replicas(self, max_age_s: float = 30.0) -> list[str]:
-        """Model server replicas that loaded their pinned and preloaded models and reported lately
-        (a replica reports at least every 10 s; one that stopped has died or gone)."""
-        now = time.time()
-        return [rid for rid, s in self.replicas().items() if s.get("ready") and now - s["reported_at"] <= max_age_s]
+    def ready_replicas(self) -> list[str]:
+        """Live model server replicas (see :meth:`replicas`) that loaded their pinned, preloaded and
+        prewarmed models."""
+        return [rid for rid, s in self.replicas().items() if s.get("ready")]
 
     def ping(self) -> bool:
         return True
