@@ -128,3 +128,12 @@ def teardown_app(app: DeployedApp) -> None:
             ray.kill(ray.get_actor(name, namespace=app.namespace), no_restart=True)
         except ValueError:
             pass
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of two nodes for the module (tests/cluster.py), outside this process's Ray."""
+    from tests.cluster import two_nodes
+
+    with two_nodes() as c:
+        yield c

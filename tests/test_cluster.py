@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.cluster import ROOT, LocalCluster, ServeRun, two_nodes
+from tests.cluster import ROOT, LocalCluster, ServeRun
 from tests.fixture_models import RED, colour_classifier, solid_jpeg
 from tests.servers import OriginServer, free_port
 from zoo.shapes import draw_scene
@@ -39,12 +39,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 MODEL_SERVER_CPUS = 0.5
 ADDED = "added-cls/1"
 REPLICA_FIELDS = {"replica", "node_id", "pid", "models", "ready", "reported_s_ago", "loads", "evictions", "memory"}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with two_nodes() as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.cluster import ROOT, ServeRun, two_nodes
+from tests.cluster import ROOT, ServeRun
 from tests.servers import free_port
 from zoo.shapes import draw_scene
 
@@ -28,12 +28,6 @@ MAX_REPLICAS = 3
 TARGET = 2  # autoscaling target_ongoing_requests = spread_at_ongoing
 SHARE_AFTER_READY_S = 15.0
 SHARE_WINDOW_S = 12.0
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with two_nodes() as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
