@@ -162,6 +162,10 @@ def test_2_added_model_fetched_from_origin_once_while_both_nodes_load_it(cluster
         f"(tiers per replica: { {nodes[rid]: h.get('tier') for rid, h in held.items()} })")
 
 
+# the GCS health checks on these nodes mark a dead node in about 3 s (1 s period x 3 failures)
+PROXY_DETECTS_DEATH_S = 4.0
+
+
 def test_3_node_killed_under_load(cluster, app):
     """4 clients for 25 s, the worker node SIGKILLed at 5 s. Ray marks a dead node about 15 s after
     it dies, so 20 s after the kill leave room for that and for what restarts then.
@@ -169,9 +173,10 @@ def test_3_node_killed_under_load(cluster, app):
     Measured here (2-core box): the requests in flight on the dead node's Gateway come back from
     Serve's proxy as plain 500s (1-2 per run, about 1.5 s after the kill); the survivors on the
     head then answer nothing for 10-15 s (their Python threads idle: waiting inside Ray's core)
-    until the GCS declares the node dead. With the GCS health checks at 1 s x 2
-    (``RAY_health_check_period_ms=1000 RAY_health_check_failure_threshold=2
-    RAY_health_check_timeout_ms=1000`` on the nodes) that gap was 2.2 s."""
+    until the GCS declares the node dead. With the GCS health checks at 1 s x 3
+    (``RAY_health_check_period_ms=1000 RAY_health_check_failure_threshold=3
+    RAY_health_check_timeout_ms=1000`` on the nodes, as tests/cluster.py starts them) that gap
+    was 1.4-2.2 s."""
     rng = np.random.default_rng(11)
     body = cv2.imencode(".jpg", draw_scene(rng, size=(640, 480), max_shapes=4).image)[1].tobytes()
     load_everywhere(app, "shapes-det/1", body)
@@ -239,11 +244,13 @@ def test_3_node_killed_under_load(cluster, app):
     except Exception as exc:  # the record above is what this test is for
         print("after the kill, asking failed:", exc)
 
-    # Serve's proxy answers a plain 500 for a request in flight on a Gateway whose node died (the
-    # hop proxy -> Gateway has no retry); each client has one request in flight, so at most `clients`
+    # Serve's proxy answers a plain 500 for a request it handed to a Gateway whose node died (the
+    # hop proxy -> Gateway has no retry). It keeps handing requests there until it hears of the
+    # death (about 1.5 s here; CI once saw one sent 0.03 s after the kill), so: at most one per
+    # client, all answered within the detection window after the kill, none later
     proxy_500s = [(s, a) for s, a, o, _ in results if o == "500"]
-    assert all(s < killed for s, _ in proxy_500s) and len(proxy_500s) <= clients, \
-        "500s beyond the requests in flight on the lost node: " + summary
+    assert all(a < killed + PROXY_DETECTS_DEATH_S for _, a in proxy_500s) and len(proxy_500s) <= clients, \
+        "500s beyond the requests handed to the lost node's Gateway: " + summary
     assert not [o for o in counts if o.endswith("-ours") and not o.startswith("503")], \
         "our own 5xx other than 503: " + summary
     assert not [o for o in counts if o.startswith("error")], "connection errors: " + summary
