@@ -12,20 +12,21 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from serve_app.http import openapi, playground
 from serve_app.http.errors import exception_handlers
 
 # first path segments that belong to the routes below, never to a legacy model name
 RESERVED_SEGMENTS = frozenset({"infer", "model", "healthz", "readiness", "info"})
 
 
-def build_app(routes: list[Route]) -> Starlette:
+def build_app(routes: list[BaseRoute]) -> Starlette:
     """The gateway's ASGI app: ``routes`` (from :func:`build_routes`), errors answered by ``http/errors.py``."""
     return Starlette(routes=routes, exception_handlers=exception_handlers())
 
 
-def build_routes(gateway: Any) -> list[Route]:
+def build_routes(gateway: Any) -> list[BaseRoute]:
     async def infer(request: Request):
         return await gateway.handle_infer(request)
 
@@ -46,10 +47,13 @@ def build_routes(gateway: Any) -> list[Route]:
         Route("/model/remove", gateway.handle_remove, methods=["POST"]),
         Route("/model/clear", gateway.handle_clear, methods=["POST"]),
         Route("/model/alias", gateway.handle_alias, methods=["POST"]),
+        *openapi.routes(gateway),
+        *playground.routes(gateway),
         Route("/{dataset}/{version}", gateway.handle_legacy, methods=["POST"]),
     ]
 
 
-def methods_of(routes: list[Route], path: str) -> list[str]:
+def methods_of(routes: list[BaseRoute], path: str) -> list[str]:
     """The methods that the fixed (parameterless) routes serve at ``path``; HEAD is left out."""
-    return sorted({m for r in routes if r.path == path for m in (r.methods or ()) if m != "HEAD"})
+    return sorted({m for r in routes if isinstance(r, Route) and r.path == path for m in (r.methods or ())
+                   if m != "HEAD"})
