@@ -1,13 +1,14 @@
 """Architecture -> its task, the output shapes it must have and its decoder: one table.
 
 A new model family is one :class:`Architecture` entry in :data:`TABLE`: the manifest accepts its
-name for its task (``registry/manifest.py`` reads :func:`names_by_task`), a loaded model checks
-its output shapes with ``check`` and decodes each image's raw outputs with ``decode``. The first
-entry of a task is that task's default architecture. OCR has a pipeline of its own
-(``tasks/ocr.py``: two sessions), so its entry has neither.
+name for its task (``registry/manifest.py`` reads :func:`names_by_task`; the names Roboflow and
+Ultralytics give their models map onto these in ``tasks/model_names.py``), and a loaded model
+takes the decoder of the first of its :class:`Layout` s whose ``check`` its output shapes pass.
+The first entry of a task is that task's default architecture. OCR has a pipeline of its own
+(``tasks/ocr.py``: two sessions), so its entries have no layouts.
 
 >>> ARCHITECTURES["yolov5"].task, names_by_task()["object-detection"]
-('object-detection', ('yolov8', 'yolov5'))
+('object-detection', ('yolov8', 'yolov5', 'yolov10', 'yolo26'))
 """
 from __future__ import annotations
 
@@ -50,11 +51,31 @@ OutputCheck = Callable[[ModelSpec, Shapes], "str | None"]
 
 
 @dataclass(frozen=True)
+class Layout:
+    """One output layout of an architecture: how to check the real output shapes, and how to decode."""
+
+    decode: Decoder
+    check: OutputCheck
+
+
+@dataclass(frozen=True)
 class Architecture:
+    """An architecture: its task and the output layouts its exports come in (YOLO26 has two: the
+    end-to-end head and, exported without it, YOLOv8's). OCR's entries have none (``tasks/ocr.py``)."""
+
     name: str
     task: str
-    decode: Decoder | None = None
-    check: OutputCheck | None = None
+    layouts: tuple[Layout, ...] = ()
+
+    def fit(self, spec: "ModelSpec", shapes: Shapes) -> Decoder:
+        """The decoder of the first layout the output ``shapes`` fit; ValueError saying what was expected."""
+        expected = []
+        for layout in self.layouts:
+            wrong = layout.check(spec, shapes)
+            if wrong is None:
+                return layout.decode
+            expected.append(wrong)
+        raise ValueError(" or ".join(expected) if expected else f"{self.name} has no output decoder")
 
 
 # -- decoders -------------------------------------------------------------------------------------
@@ -67,35 +88,41 @@ def _class_ids(spec: ModelSpec, params: InferenceParams) -> np.ndarray | None:
     return np.array([spec.classes.index(c) for c in params.class_filter], dtype=np.int64)
 
 
-def _select(c: detection.Candidates, params: InferenceParams, spec: ModelSpec) -> detection.Selected:
+def _select(c: detection.Candidates, params: InferenceParams, spec: ModelSpec, nms: bool = True) -> detection.Selected:
     return detection.select(c, confidence=params.confidence, iou_threshold=params.iou_threshold,
                             class_agnostic=params.class_agnostic_nms, class_ids_allowed=_class_ids(spec, params),
-                            max_detections=params.max_detections, max_candidates=params.max_candidates)
+                            max_detections=params.max_detections, max_candidates=params.max_candidates, nms=nms)
 
 
-def _boxes(decode: Callable[[np.ndarray, int], detection.Candidates]) -> Decoder:
+BoxDecoder = Callable[[np.ndarray, int], detection.Candidates]
+
+
+def _boxes(decode: BoxDecoder, nms: bool = True) -> Decoder:
     def decoder(outs: Sequence[np.ndarray], names: Sequence[str], transform: ImageTransform, params: InferenceParams,
                 spec: ModelSpec) -> dict:
-        sel = _select(decode(outs[0], len(spec.classes)), params, spec)
+        sel = _select(decode(outs[0], len(spec.classes)), params, spec, nms)
         dets = Detections(transform.boxes_to_original(sel.boxes), sel.confidence, sel.class_id)
         return {"predictions": dets.to_roboflow(spec.classes)}
     return decoder
 
 
-def _pose(outs: Sequence[np.ndarray], names: Sequence[str], transform: ImageTransform, params: InferenceParams,
-          spec: ModelSpec) -> dict:
-    sel = _select(detection.decode_yolov8(outs[0], len(spec.classes)), params, spec)
-    kps = keypoints_to_original(keypoints_from_extra(sel.extra, len(spec.keypoints.names)), transform)
-    dets = Detections(transform.boxes_to_original(sel.boxes), sel.confidence, sel.class_id, keypoints=kps)
-    return {"predictions": dets.to_roboflow(spec.classes, spec.keypoints.names, params.keypoint_confidence)}
+def _pose(decode: BoxDecoder, nms: bool = True) -> Decoder:
+    def decoder(outs: Sequence[np.ndarray], names: Sequence[str], transform: ImageTransform, params: InferenceParams,
+                spec: ModelSpec) -> dict:
+        sel = _select(decode(outs[0], len(spec.classes)), params, spec, nms)
+        kps = keypoints_to_original(keypoints_from_extra(sel.extra, len(spec.keypoints.names)), transform)
+        dets = Detections(transform.boxes_to_original(sel.boxes), sel.confidence, sel.class_id, keypoints=kps)
+        return {"predictions": dets.to_roboflow(spec.classes, spec.keypoints.names, params.keypoint_confidence)}
+    return decoder
 
 
-def _instances(decode: Callable[[Sequence[np.ndarray], Sequence[str], ModelSpec], segmentation.SegCandidates]) -> Decoder:
+def _instances(decode: Callable[[Sequence[np.ndarray], Sequence[str], ModelSpec], segmentation.SegCandidates],
+               nms: bool = True) -> Decoder:
     def decoder(outs: Sequence[np.ndarray], names: Sequence[str], transform: ImageTransform, params: InferenceParams,
                 spec: ModelSpec) -> dict:
         seg = decode(outs, names, spec)
         input_hw = (spec.input.height, spec.input.width)
-        sel = _select(seg.candidates, params, spec)
+        sel = _select(seg.candidates, params, spec, nms)
         binary = mask_logits_at_input(sel.extra, seg.protos, sel.boxes, input_hw) > 0
         polygons = tuple(transform.points_to_original(mask_to_polygon(b)).astype(np.float32) for b in binary)
         masks = tuple(mask_to_original(b, transform) for b in binary) if params.mask_format == "rle" else None
@@ -132,10 +159,27 @@ def _rows(axis: int, objectness: bool, extra: Callable[[ModelSpec, Shapes], int]
     return check
 
 
-def _keypoints(spec: ModelSpec, shapes: Shapes) -> str | None:
-    k = len(spec.keypoints.names) if spec.keypoints else 0
-    wrong = _rows(1, False, lambda spec, shapes: 3 * k)(spec, shapes)
-    return None if wrong is None else f"{wrong} for {k} keypoints"
+def _end2end(extra: Callable[[ModelSpec, Shapes], int] = lambda spec, shapes: 0, prototypes: bool = False) -> OutputCheck:
+    """An end-to-end output ``[B, K, 6 + extra]`` (box, score, class, extras), with (``prototypes``) a
+    second output ``[B, P, mh, mw]`` whose P adds to the columns."""
+    def check(spec: ModelSpec, shapes: Shapes) -> str | None:
+        if prototypes and (len(shapes) < 2 or len(shapes[1]) != 4):
+            return "two outputs: end-to-end detections and [B, P, mh, mw] prototypes"
+        n = 6 + extra(spec, shapes) + (shapes[1][1] if prototypes else 0)
+        return None if len(shapes[0]) == 3 and shapes[0][2] == n else f"[B, K, {n}] (end-to-end)"
+    return check
+
+
+def _keypoint_columns(spec: ModelSpec, shapes: Shapes) -> int:
+    return 3 * (len(spec.keypoints.names) if spec.keypoints else 0)
+
+
+def _keypoints(rows: Callable[..., OutputCheck]) -> OutputCheck:
+    def check(spec: ModelSpec, shapes: Shapes) -> str | None:
+        wrong = rows(extra=_keypoint_columns)(spec, shapes)
+        k = len(spec.keypoints.names) if spec.keypoints else 0
+        return None if wrong is None else f"{wrong} for {k} keypoints"
+    return check
 
 
 def _scores(spec: ModelSpec, shapes: Shapes) -> str | None:
@@ -146,19 +190,34 @@ def _five_outputs(spec: ModelSpec, shapes: Shapes) -> str | None:
     return None if len(shapes) == 5 else "five outputs loc, conf, mask, priors, proto"
 
 
+def _seg(decode: Callable[[np.ndarray, np.ndarray, int], segmentation.SegCandidates], nms: bool = True) -> Decoder:
+    return _instances(lambda outs, names, spec: decode(outs[0], outs[1], len(spec.classes)), nms)
+
+
+# the layouts, by how the head writes its boxes
+GRID = Layout(_boxes(detection.decode_yolov8), _rows(1, False))  # [B, 4+C, N]: YOLOv8, v9, 11, 12, v5u
+OBJECTNESS = Layout(_boxes(detection.decode_yolov5), _rows(2, True))  # [B, N, 5+C]: YOLOv5, YOLOv7
+END2END = Layout(_boxes(detection.decode_end2end, nms=False), _end2end())  # [B, K, 6]: YOLOv10, YOLO26
+GRID_SEG = Layout(_seg(segmentation.decode_yolov8_seg), _rows(1, False, prototypes=True))
+OBJECTNESS_SEG = Layout(_seg(segmentation.decode_yolov5_seg), _rows(2, True, prototypes=True))
+END2END_SEG = Layout(_seg(segmentation.decode_end2end_seg, nms=False), _end2end(prototypes=True))
+GRID_POSE = Layout(_pose(detection.decode_yolov8), _keypoints(lambda extra: _rows(1, False, extra)))
+END2END_POSE = Layout(_pose(detection.decode_end2end, nms=False), _keypoints(_end2end))
+SCORES = Layout(_classes, _scores)
+
 TABLE: tuple[Architecture, ...] = (
-    Architecture("yolov8", "object-detection", _boxes(detection.decode_yolov8), _rows(1, False)),
-    Architecture("yolov5", "object-detection", _boxes(detection.decode_yolov5), _rows(2, True)),
-    Architecture("yolov8-seg", "instance-segmentation",
-                 _instances(lambda outs, names, spec: segmentation.decode_yolov8_seg(outs[0], outs[1], len(spec.classes))),
-                 _rows(1, False, prototypes=True)),
-    Architecture("yolov5-seg", "instance-segmentation",
-                 _instances(lambda outs, names, spec: segmentation.decode_yolov5_seg(outs[0], outs[1], len(spec.classes))),
-                 _rows(2, True, prototypes=True)),
-    Architecture("yolact", "instance-segmentation", _instances(_yolact), _five_outputs),
-    Architecture("yolov8-cls", "classification", _classes, _scores),
-    Architecture("multi-label", "classification", _classes, _scores),
-    Architecture("yolov8-pose", "keypoint-detection", _pose, _keypoints),
+    Architecture("yolov8", "object-detection", (GRID,)),
+    Architecture("yolov5", "object-detection", (OBJECTNESS,)),
+    Architecture("yolov10", "object-detection", (END2END,)),
+    Architecture("yolo26", "object-detection", (END2END, GRID)),  # end2end=False exports YOLOv8's layout
+    Architecture("yolov8-seg", "instance-segmentation", (GRID_SEG,)),
+    Architecture("yolov5-seg", "instance-segmentation", (OBJECTNESS_SEG,)),
+    Architecture("yolo26-seg", "instance-segmentation", (END2END_SEG, GRID_SEG)),
+    Architecture("yolact", "instance-segmentation", (Layout(_instances(_yolact), _five_outputs),)),
+    Architecture("yolov8-cls", "classification", (SCORES,)),
+    Architecture("multi-label", "classification", (SCORES,)),
+    Architecture("yolov8-pose", "keypoint-detection", (GRID_POSE,)),
+    Architecture("yolo26-pose", "keypoint-detection", (END2END_POSE, GRID_POSE)),
     Architecture("pp-ocr", "ocr"),
 )
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in TABLE}

@@ -1,6 +1,7 @@
-"""Object detection: YOLOv8/YOLO11 (``[4+C(+E), N]``) and YOLOv5/YOLOv7 (``[N, 5+C(+E)]``) outputs.
+"""Object detection: YOLOv8/YOLO11 (``[4+C(+E), N]``), YOLOv5/YOLOv7 (``[N, 5+C(+E)]``) and the
+end-to-end heads of YOLOv10 and YOLO26 (``[K, 6(+E)]``, no NMS needed) outputs.
 
-Both decoders return the same thing: candidate boxes (xyxy, input pixels), per-class scores and
+The decoders return the same thing: candidate boxes (xyxy, input pixels), per-class scores and
 the extra columns (mask coefficients, keypoints) that ride along with each box.
 """
 from __future__ import annotations
@@ -44,9 +45,31 @@ def decode_yolov5(output: np.ndarray, num_classes: int) -> Candidates:
     return Candidates(xywh_to_xyxy(output[:, :4]), scores, output[:, 5 + num_classes:])
 
 
+def decode_end2end(output: np.ndarray, num_classes: int) -> Candidates:
+    """One image's ``[K, 6 + E]`` end-to-end output (YOLOv10, YOLO26 exported with ``end2end``): x1, y1,
+    x2, y2 (input pixels), score, class index, extras. The head has already chosen one class per box,
+    so each row's score sits in its class's column of the score matrix (zeros elsewhere): thresholds
+    and class filters then work as for the other layouts. A class index outside the model's classes
+    scores zero.
+
+    >>> c = decode_end2end(np.array([[1, 2, 3, 4, 0.9, 1], [0, 0, 1, 1, 0.8, 7]], np.float32), 2)
+    >>> c.boxes[0].tolist(), c.scores.astype(float).round(2).tolist(), c.extra.shape
+    ([1.0, 2.0, 3.0, 4.0], [[0.0, 0.9], [0.0, 0.0]], (2, 0))
+    """
+    if output.ndim != 2 or output.shape[1] < 6:
+        raise ValueError(f"an end-to-end output must be [K, 6+E], got {list(output.shape)}")
+    class_id = np.rint(output[:, 5]).astype(np.int64)
+    valid = np.flatnonzero((class_id >= 0) & (class_id < num_classes))
+    scores = np.zeros((len(output), num_classes), np.float32)
+    scores[valid, class_id[valid]] = output[valid, 4]
+    return Candidates(np.ascontiguousarray(output[:, :4]), scores, output[:, 6:])
+
+
 def select(c: Candidates, *, confidence: float, iou_threshold: float, class_agnostic: bool = False,
-           class_ids_allowed: np.ndarray | None = None, max_detections: int = 300, max_candidates: int = 3000) -> Selected:
-    """Threshold, keep the best class per box, filter classes, cut to ``max_candidates``, NMS, cut."""
+           class_ids_allowed: np.ndarray | None = None, max_detections: int = 300, max_candidates: int = 3000,
+           nms: bool = True) -> Selected:
+    """Threshold, keep the best class per box, filter classes, cut to ``max_candidates``, NMS (unless the
+    head is end-to-end: ``nms`` False keeps every box above the threshold, best first), cut."""
     scores = c.scores
     if class_ids_allowed is not None:
         masked = np.full_like(scores, -1.0)
@@ -58,5 +81,8 @@ def select(c: Candidates, *, confidence: float, iou_threshold: float, class_agno
     if keep.size > max_candidates:
         keep = keep[np.argsort(-conf[keep], kind="stable")[:max_candidates]]
     boxes, conf, class_id = c.boxes[keep], conf[keep], class_id[keep]
-    kept = batched_nms(boxes, conf, class_id, iou_threshold, class_agnostic)[:max_detections]
+    if nms:
+        kept = batched_nms(boxes, conf, class_id, iou_threshold, class_agnostic)[:max_detections]
+    else:
+        kept = np.argsort(-conf, kind="stable")[:max_detections]
     return Selected(boxes[kept], conf[kept], class_id[kept].astype(np.int64), c.extra[keep][kept])

@@ -1,11 +1,11 @@
-"""Instance segmentation: YOLOv8-seg, YOLOv5-seg (mask coefficients + prototypes) and YOLACT."""
+"""Instance segmentation: YOLOv8-seg, YOLOv5-seg, YOLO26-seg (mask coefficients + prototypes) and YOLACT."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from serve_app.tasks.detection import Candidates, decode_yolov5, decode_yolov8
+from serve_app.tasks.detection import Candidates, decode_end2end, decode_yolov5, decode_yolov8
 
 YOLACT_VARIANCES = (0.1, 0.2)
 
@@ -26,6 +26,13 @@ def decode_yolov8_seg(output0: np.ndarray, protos: np.ndarray, num_classes: int)
 def decode_yolov5_seg(output0: np.ndarray, protos: np.ndarray, num_classes: int) -> SegCandidates:
     """``output0``: ``[N, 5+C+P]``; ``protos``: ``[P, mh, mw]``."""
     c = decode_yolov5(output0, num_classes)
+    _check_protos(c, protos)
+    return SegCandidates(c, protos)
+
+
+def decode_end2end_seg(output0: np.ndarray, protos: np.ndarray, num_classes: int) -> SegCandidates:
+    """``output0``: ``[K, 6+P]`` (YOLO26-seg end-to-end: box, score, class, coefficients); ``protos``: ``[P, mh, mw]``."""
+    c = decode_end2end(output0, num_classes)
     _check_protos(c, protos)
     return SegCandidates(c, protos)
 

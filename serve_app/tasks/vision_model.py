@@ -20,7 +20,7 @@ from serve_app.pipeline.geometry import ImageTransform
 from serve_app.pipeline.graph import prepend_uint8_normalization
 from serve_app.pipeline.preprocess import prepare_image, to_tensor
 from serve_app.pipeline.session import OnnxSession, SessionOptions
-from serve_app.tasks.architectures import ARCHITECTURES, ModelSpec
+from serve_app.tasks.architectures import ARCHITECTURES, Decoder, ModelSpec
 from serve_app.tasks.params import InferenceParams
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class VisionModel:
     session: OnnxSession | None
     ocr: Any = None  # OcrPipeline for task "ocr"
     warmup_seconds: float = 0.0
+    decoder: Decoder | None = None  # the layout's decoder its output shapes fit (set at load)
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -54,7 +55,7 @@ class VisionModel:
         except Exception as exc:
             raise ModelLoadError(f"{manifest.model_id}: warm-up inference failed: {str(exc)[:300]}") from None
         model.warmup_seconds = time.perf_counter() - started
-        check_outputs(manifest, [o.shape for o in outputs])
+        model.decoder = fit_outputs(manifest, [o.shape for o in outputs])
         return model
 
     @classmethod
@@ -120,15 +121,14 @@ class VisionModel:
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
     def _decode(self, outs: list[np.ndarray], transform: ImageTransform, params: InferenceParams) -> dict:
-        decode = ARCHITECTURES[self.manifest.architecture].decode
-        assert decode is not None and self.session is not None
-        return decode(outs, self.session.output_names, transform, params, self.manifest)
+        assert self.decoder is not None and self.session is not None
+        return self.decoder(outs, self.session.output_names, transform, params, self.manifest)
 
 
-def check_outputs(manifest: ModelSpec, shapes: list[tuple[int, ...]]) -> None:
-    """Raise ModelLoadError when the model's real output shapes disagree with the manifest."""
-    check = ARCHITECTURES[manifest.architecture].check
-    expected = check(manifest, shapes) if check is not None else None
-    if expected is not None:
+def fit_outputs(manifest: ModelSpec, shapes: list[tuple[int, ...]]) -> Decoder:
+    """The decoder for the model's real output shapes; ModelLoadError when they fit none of its layouts."""
+    try:
+        return ARCHITECTURES[manifest.architecture].fit(manifest, shapes)
+    except ValueError as exc:
         raise ModelLoadError(f"{manifest.model_id}: output shapes {[list(s) for s in shapes]} do not fit a "
-                             f"{manifest.architecture} model with {len(manifest.classes)} classes: expected {expected}")
+                             f"{manifest.architecture} model with {len(manifest.classes)} classes: expected {exc}") from None
