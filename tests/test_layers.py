@@ -15,6 +15,7 @@ lowest first; a module may import its own layer and the layers below it, never o
                drawing, the Starlette app builder, the direct-ingress handler: no deployment
     serving    the deployments (Gateway, ModelServer) and replica bookkeeping: import http
     app        binds the deployments
+    cli        the command line (an HTTP client; ``serve`` execs Ray Serve's own command)
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "serve_app"
 BASE = frozenset({"serve_app", "errors", "fetch_policy", "secret", "options"})
-ORDER = ("base", "settings", "pipeline", "tasks", "artifacts", "registry", "http", "serving", "app")
+ORDER = ("base", "settings", "pipeline", "tasks", "artifacts", "registry", "http", "serving", "app", "cli")
 SETTINGS_READERS = frozenset({"artifacts", "registry", "serving", "app"})
 
 
