@@ -37,9 +37,9 @@ def read_file(path: str, what: str) -> bytes:
 # -- infer ------------------------------------------------------------------------------------------
 def infer(args: argparse.Namespace) -> int:
     """Each image through ``--model``: a summary per image, the server's JSON, or drawn images."""
+    client = client_of(args)
     images = [(path, read_file(path, "image")) for path in args.images]  # every file read before any request
     outputs = annotate_paths(args.images, args.annotate) if args.annotate else None
-    client = client_of(args)
     params = {"confidence": args.confidence, "iou_threshold": args.iou}
     answers = []
     for i, (path, data) in enumerate(images):
