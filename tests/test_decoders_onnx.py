@@ -4,6 +4,7 @@ YOLOv8-seg's layout), and multi-label classification (probabilities and raw logi
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import onnx
@@ -115,3 +116,74 @@ def test_single_label_from_logits_gets_a_softmax():
     e = np.exp([1.0, 3.0, 0.0])
     assert result["top"] == "b" and result["confidence"] == pytest.approx(e[1] / e.sum(), abs=1e-5)
     assert [p["class"] for p in result["predictions"]] == ["b", "a", "c"]
+
+
+# -- end-to-end heads (YOLOv10, YOLO26): [K, 6 (+E)] rows of x1, y1, x2, y2, score, class, extras ---------------
+def _end2end_rows(extra: list[float] | None = None) -> np.ndarray:
+    """Three boxes as an end-to-end head writes them (best first, then padding rows of score 0): two
+    overlapping squares (IoU 0.6, which NMS at 0.5 would merge: an end-to-end head has already chosen
+    both), a circle below the threshold, and a row whose class index is not the model's."""
+    e = extra or []
+    return np.array([[24, 16, 40, 48, 0.9, 1, *e], [24, 22, 40, 48, 0.8, 1, *e], [0, 0, 8, 8, 0.1, 0, *e],
+                     [0, 0, 8, 8, 0.95, 7, *e], [0, 0, 0, 0, 0.0, 0, *e]], np.float32)
+
+
+@pytest.mark.parametrize("architecture", ["yolo26", "yolov10", "yolo26n", "yolov10n"])
+def test_end2end_detection_keeps_the_heads_choice_without_nms(architecture):
+    model = load(constant_model({"output0": _end2end_rows()[None]}), "object-detection", architecture,
+                 ["circle", "square"])
+    preds = model.predict([image()], InferenceParams(confidence=0.25, iou_threshold=0.5))[0]["predictions"]
+    assert [(p["class"], round(p["confidence"], 3)) for p in preds] == [("square", 0.9), ("square", 0.8)]
+    # input (24, 16)-(40, 48) -> original (48, 32)-(80, 96): scale 2
+    assert (preds[0]["x"], preds[0]["y"], preds[0]["width"], preds[0]["height"]) == pytest.approx((64, 64, 32, 64))
+    low = model.predict([image()], InferenceParams(confidence=0.05, class_filter=("circle",)))[0]["predictions"]
+    assert [(p["class"], round(p["confidence"], 3)) for p in low] == [("circle", 0.1)]
+    one = model.predict([image()], InferenceParams(confidence=0.25, max_detections=1))[0]["predictions"]
+    assert len(one) == 1 and one[0]["confidence"] == pytest.approx(0.9)
+
+
+def test_yolo26_exported_without_end2end_is_read_in_yolov8s_layout():
+    rows = np.array([[32, 32, 16, 32, 0.05, 0.9], [32, 34, 16, 30, 0.05, 0.85]], np.float32)  # NMS merges these
+    model = load(constant_model({"output0": rows.T[None]}), "object-detection", "yolo26", ["circle", "square"])
+    preds = model.predict([image()], InferenceParams(confidence=0.25))[0]["predictions"]
+    assert len(preds) == 1
+    assert preds[0]["class"] == "square" and preds[0]["confidence"] == pytest.approx(0.9)
+
+
+def test_end2end_segmentation():
+    rows = _end2end_rows([10, 0])[:1]
+    model = load(constant_model({"output0": rows[None], "output1": protos_with_rectangle_channel()[None]}),
+                 "instance-segmentation", "yolo26-seg", ["circle", "square"])
+    preds = model.predict([image()], InferenceParams(confidence=0.25))[0]["predictions"]
+    assert len(preds) == 1
+    assert_one_rectangle(preds[0], "square", 0.9)
+
+
+def test_end2end_keypoints():
+    kps = [30, 20, 0.9, 36, 40, 0.8, 26, 44, 0.2]  # input pixels -> original x2
+    rows = _end2end_rows(kps)[:2]
+    data = constant_model({"output0": rows[None]})
+    manifest = Manifest.from_dict({
+        "model_id": "constructed/1", "task": "keypoint-detection", "architecture": "yolo26n-pose",
+        "classes": ["circle", "square"], "keypoints": {"names": ["a", "b", "c"], "skeleton": [[0, 1]]},
+        "files": {"weights": {"path": "w.onnx", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}},
+        "input": {"width": SIZE, "height": SIZE, "resize": "letterbox"}})
+    assert manifest.architecture == "yolo26-pose"
+    model = VisionModel.load(manifest, {"weights": data}, SessionOptions(providers=("CPUExecutionProvider",)))
+    preds = model.predict([image()], InferenceParams(confidence=0.25, keypoint_confidence=0.5))[0]["predictions"]
+    assert len(preds) == 2  # overlapping, both kept
+    points = [(k["class"], k["x"], k["y"]) for k in preds[0]["keypoints"]]
+    assert points == [("a", pytest.approx(60), pytest.approx(40)), ("b", pytest.approx(72), pytest.approx(80))]
+
+
+@pytest.mark.parametrize("architecture, outputs, expected", [
+    ("yolo26", {"output0": np.zeros((1, 300, 7), np.float32)}, "[B, K, 6] (end-to-end) or [B, 6, N]"),
+    ("yolov10", {"output0": np.zeros((1, 9, 100), np.float32)}, "[B, K, 6] (end-to-end) or [B, 6, N]"),
+    ("yolo26-seg", {"output0": np.zeros((1, 300, 38), np.float32)}, "two outputs"),
+])
+def test_end2end_outputs_that_fit_no_layout_are_refused_at_load(architecture, outputs, expected):
+    from serve_app.errors import ModelLoadError
+
+    task = "instance-segmentation" if architecture.endswith("seg") else "object-detection"
+    with pytest.raises(ModelLoadError, match=re.escape(expected)):
+        load(constant_model(outputs), task, architecture, ["circle", "square"])

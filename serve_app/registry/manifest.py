@@ -20,6 +20,7 @@ from typing import Any
 from serve_app.errors import ManifestError
 from serve_app.pipeline.preprocess import InputSpec, PreprocessingSpec
 from serve_app.tasks.architectures import names_by_task
+from serve_app.tasks.model_names import resolve_architecture, ultralytics_architecture
 
 ARCHITECTURES = names_by_task()  # task -> its architectures, the default first (tasks/architectures.py)
 TASKS = tuple(ARCHITECTURES)
@@ -27,7 +28,6 @@ MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9][A-
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 ULTRALYTICS_TASKS = {"detect": "object-detection", "segment": "instance-segmentation", "classify": "classification",
                      "pose": "keypoint-detection"}
-ULTRALYTICS_ARCH = {"detect": "yolov8", "segment": "yolov8-seg", "classify": "yolov8-cls", "pose": "yolov8-pose"}
 
 
 def validate_model_id(model_id: object) -> str:
@@ -151,6 +151,9 @@ class Manifest:
         if task not in TASKS:
             raise ManifestError(f"manifest task must be one of {TASKS}, got {task!r}")
         arch = data.get("architecture") or ARCHITECTURES[task][0]
+        if not isinstance(arch, str) or len(arch) > 64:
+            raise ManifestError("manifest 'architecture' must be a model type name such as 'yolov8n' or 'yolo26s'")
+        arch = resolve_architecture(arch, task)
         if arch not in ARCHITECTURES[task]:
             raise ManifestError(f"architecture {arch!r} is not one of {ARCHITECTURES[task]} for task {task}")
         raw_files = data.get("files")
@@ -217,7 +220,10 @@ def _build(kind: type, data: Any, where: str):
 
 
 def manifest_from_ultralytics_metadata(model_id: str, metadata: dict[str, str], weights: FileSpec) -> Manifest:
-    """Build a manifest from an Ultralytics ONNX file's metadata (``names``, ``task``, ``imgsz``...)."""
+    """Build a manifest from an Ultralytics ONNX file's metadata (``names``, ``task``, ``imgsz``...).
+
+    The architecture follows the head's layout (``end2end`` in the metadata: YOLOv10, YOLO26) by
+    :func:`~serve_app.tasks.model_names.ultralytics_architecture`."""
     try:
         task = metadata["task"]
         names = ast.literal_eval(metadata["names"])
@@ -228,8 +234,10 @@ def manifest_from_ultralytics_metadata(model_id: str, metadata: dict[str, str], 
         raise ManifestError(f"Ultralytics task {task!r} is not served; supported: {sorted(ULTRALYTICS_TASKS)}")
     classes = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
     height, width = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    arch = ultralytics_architecture(metadata.get("description", ""), ULTRALYTICS_TASKS[task],
+                                    metadata.get("end2end", "").lower() == "true")
     data: dict[str, Any] = {
-        "model_id": model_id, "task": ULTRALYTICS_TASKS[task], "architecture": ULTRALYTICS_ARCH[task],
+        "model_id": model_id, "task": ULTRALYTICS_TASKS[task], "architecture": arch,
         "files": {"weights": {k: v for k, v in vars(weights).items() if v is not None}},
         "classes": classes,
         "input": {"width": width, "height": height,

@@ -208,8 +208,9 @@ SCORES = Layout(_classes, _scores)
 TABLE: tuple[Architecture, ...] = (
     Architecture("yolov8", "object-detection", (GRID,)),
     Architecture("yolov5", "object-detection", (OBJECTNESS,)),
-    Architecture("yolov10", "object-detection", (END2END,)),
-    Architecture("yolo26", "object-detection", (END2END, GRID)),  # end2end=False exports YOLOv8's layout
+    # exported with end2end=False, YOLOv10 and YOLO26 write YOLOv8's grid (their one-to-many head)
+    Architecture("yolov10", "object-detection", (END2END, GRID)),
+    Architecture("yolo26", "object-detection", (END2END, GRID)),
     Architecture("yolov8-seg", "instance-segmentation", (GRID_SEG,)),
     Architecture("yolov5-seg", "instance-segmentation", (OBJECTNESS_SEG,)),
     Architecture("yolo26-seg", "instance-segmentation", (END2END_SEG, GRID_SEG)),
