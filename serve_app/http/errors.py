@@ -10,7 +10,7 @@ same JSON shape and then re-raises, so the server logs it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -19,6 +19,11 @@ from starlette.responses import JSONResponse
 from serve_app.errors import MethodNotAllowed, Overloaded, RouteNotFound, ServeAppError, Timeout, Unauthorized
 
 log = logging.getLogger(__name__)
+
+
+ErrorBody = TypedDict("ErrorBody", {"error": str, "message": str, "status": int, "retry_after": NotRequired[float]})
+ErrorBody.__doc__ = ("Every error answer's JSON (``ServeAppError.to_dict``): the error's code, a message a client "
+                     "can act on, the HTTP status, and for 503s the seconds to wait (also sent as Retry-After).")
 
 
 def unwrap(exc: BaseException) -> BaseException:

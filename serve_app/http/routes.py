@@ -18,7 +18,7 @@ from serve_app.http import openapi, playground
 from serve_app.http.errors import exception_handlers
 
 # first path segments that belong to the routes below, never to a legacy model name
-RESERVED_SEGMENTS = frozenset({"infer", "model", "healthz", "readiness", "info"})
+RESERVED_SEGMENTS = frozenset({"infer", "model", "healthz", "readiness", "info", "playground", "docs"})
 
 
 def build_app(routes: list[BaseRoute]) -> Starlette:

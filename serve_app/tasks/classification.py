@@ -2,8 +2,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
+
+# "class" is a Python keyword: the functional form
+ClassPrediction = TypedDict("ClassPrediction", {"class": str, "class_id": int, "confidence": float})
+ClassPrediction.__doc__ = "One class of a single-label answer, with its probability."
+
+
+class ClassScore(TypedDict):
+    """One class of a multi-label answer (keyed by the class name), with its probability."""
+
+    confidence: float
+    class_id: int
+
+
+class SingleLabelResult(TypedDict):
+    """A single-label answer: every class ranked by probability, the top one and its probability."""
+
+    predictions: list[ClassPrediction]
+    top: str
+    confidence: float
+
+
+class MultiLabelResult(TypedDict):
+    """A multi-label answer: every class's probability, and the classes at or above the confidence."""
+
+    predictions: dict[str, ClassScore]
+    predicted_classes: list[str]
 
 
 @dataclass(frozen=True)
@@ -22,7 +49,7 @@ class Classification:
         order = np.argsort(-self.probabilities, kind="stable")
         return [(int(i), float(self.probabilities[i])) for i in order]
 
-    def to_roboflow(self) -> dict:
+    def to_roboflow(self) -> SingleLabelResult | MultiLabelResult:
         if self.multi_label:
             predictions = {self.classes[i]: {"confidence": p, "class_id": i} for i, p in self.ranked}
             return {"predictions": predictions,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import TypedDict
 
 import cv2
 import numpy as np
@@ -34,6 +35,7 @@ from serve_app.tasks.ocr_detection import (
     sort_reading_order,
 )
 from serve_app.tasks.ocr_recognition import crop_quad, ctc_greedy_decode, load_alphabet, rec_preprocess
+from serve_app.tasks.results import ImageSize, Point
 
 __all__ = [
     "OcrConfig", "OcrPipeline", "OcrResult", "TextBox", "TextLine", "crop_quad", "ctc_greedy_decode",
@@ -107,6 +109,23 @@ class OcrConfig:
         return cls(**values)  # type: ignore[arg-type]
 
 
+# "class" is a Python keyword: the functional form
+OcrPrediction = TypedDict("OcrPrediction", {
+    "x": float, "y": float, "width": float, "height": float, "confidence": float, "class": str, "class_id": int,
+    "text": str, "points": list[Point], "detection_id": str,
+})
+OcrPrediction.__doc__ = ("One line of text: its box (centre ``x``, ``y``, ``width``, ``height``), its quad "
+                         "(``points``), the text read and the recognition confidence; ``class`` is ``text``.")
+
+
+class OcrAnswer(TypedDict):
+    """Roboflow's OCR answer: the full text (``result``), one prediction per line, the image size."""
+
+    result: str
+    predictions: list[OcrPrediction]
+    image: ImageSize
+
+
 @dataclass(frozen=True)
 class TextLine:
     """One recognised line: its text, recognition confidence and quad (original pixels)."""
@@ -141,9 +160,9 @@ class OcrResult:
             parts.append(line.text)
         return "".join(parts)
 
-    def to_roboflow(self) -> dict:
+    def to_roboflow(self) -> OcrAnswer:
         """The Roboflow OCR response: full text, one prediction per line, image size."""
-        predictions = []
+        predictions: list[OcrPrediction] = []
         for line in self.lines:
             x0, y0, x1, y1 = TextBox(line.quad, line.confidence).bbox_xyxy
             predictions.append({

@@ -7,10 +7,47 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
 from serve_app.tasks.masks import rle_encode
+
+
+class Point(TypedDict):
+    """A polygon vertex, original-image pixels."""
+
+    x: float
+    y: float
+
+
+class ImageSize(TypedDict):
+    """The size of the image a result is about (``image`` in every inference answer), in pixels."""
+
+    width: int
+    height: int
+
+
+class RleMask(TypedDict):
+    """A COCO run-length mask (``response_mask_format: rle``): ``size`` is ``[height, width]``,
+    ``counts`` pycocotools' compressed string."""
+
+    size: list[int]
+    counts: str
+
+
+# "class" is a Python keyword: these two take the functional form
+Keypoint = TypedDict("Keypoint", {"x": float, "y": float, "confidence": float, "class_id": int, "class": str})
+Keypoint.__doc__ = "One keypoint of a detection, original-image pixels; ``class`` is the keypoint's name."
+
+Prediction = TypedDict("Prediction", {
+    "x": float, "y": float, "width": float, "height": float, "confidence": float, "class": str, "class_id": int,
+    "detection_id": str, "points": NotRequired[list[Point]], "rle_mask": NotRequired[RleMask],
+    "keypoints": NotRequired[list[Keypoint]],
+})
+Prediction.__doc__ = ("A detection: centre ``x``, ``y``, ``width``, ``height`` in original-image pixels, "
+                      "with ``points`` (segmentation polygon), ``rle_mask`` (segmentation, when asked for) "
+                      "or ``keypoints`` (pose) by task.")
 
 
 @dataclass(frozen=True)
@@ -36,14 +73,14 @@ class Detections:
         return len(self.xyxy)
 
     def to_roboflow(self, classes: tuple[str, ...], keypoint_names: tuple[str, ...] = (),
-                    keypoint_confidence: float = 0.0) -> list[dict]:
-        out = []
+                    keypoint_confidence: float = 0.0) -> list[Prediction]:
+        out: list[Prediction] = []
         for i in range(len(self)):
             x0, y0, x1, y1 = (float(v) for v in self.xyxy[i])
             cid = int(self.class_id[i])
-            pred = {"x": (x0 + x1) / 2, "y": (y0 + y1) / 2, "width": x1 - x0, "height": y1 - y0,
-                    "confidence": float(self.confidence[i]), "class": classes[cid], "class_id": cid,
-                    "detection_id": str(uuid.uuid4())}
+            pred: Prediction = {"x": (x0 + x1) / 2, "y": (y0 + y1) / 2, "width": x1 - x0, "height": y1 - y0,
+                                "confidence": float(self.confidence[i]), "class": classes[cid], "class_id": cid,
+                                "detection_id": str(uuid.uuid4())}
             if self.polygons is not None:
                 pred["points"] = [{"x": float(x), "y": float(y)} for x, y in self.polygons[i]]
             if self.masks is not None:
