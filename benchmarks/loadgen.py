@@ -2,8 +2,8 @@
 request's intended start, start, end, HTTP status and number of predictions.
 
 Clients run in their own processes (``spawn``), so the process that starts and watches the
-servers never competes with them for the GIL. They all start on one signal; a progress line on
-stderr shows completed requests, errors and the rate while they run.
+servers never competes with them for the GIL. They all start on one signal; a progress bar on
+stderr (tqdm) shows completed requests, errors, the rate and the time left while they run.
 
 Closed loop (``interval_s`` None): each client sends its next request when the previous answer
 arrives. Open loop (``interval_s`` set): each client sends on a fixed schedule, and latency is
@@ -155,6 +155,7 @@ def run_clients(plans: list[ClientPlan], label: str, progress: bool = True, grac
              for i, p in enumerate(plans)]
     for p in procs:
         p.start()
+    bar = _progress_bar(label, progress)
     try:
         for _ in procs:
             if not ready.acquire(timeout=120):
@@ -173,7 +174,7 @@ def run_clients(plans: list[ClientPlan], label: str, progress: bool = True, grac
             now = time.monotonic()
             if progress and now - last_shown >= 0.5:
                 last_shown = now
-                _show(label, done.value, errors.value, total, now - go_at.value, deadline)
+                _show(bar, done.value, errors.value, total, now - go_at.value, deadline)
             if now > hard_stop:
                 raise RuntimeError(f"{label}: clients still running {grace_s:.0f} s after the deadline")
             if len(parts) < len(procs) and not any(p.is_alive() for p in procs) and out.empty():
@@ -182,9 +183,9 @@ def run_clients(plans: list[ClientPlan], label: str, progress: bool = True, grac
                     raise RuntimeError(f"{label}: a client process died without reporting")
         wall = time.monotonic() - go_at.value
         if progress:
-            _show(label, done.value, errors.value, total, wall, deadline)
-            print(file=sys.stderr, flush=True)
+            _show(bar, done.value, errors.value, total, wall, deadline, finished=True)
     finally:
+        bar.close()
         for p in procs:
             p.join(timeout=5)
             if p.is_alive():
@@ -199,10 +200,25 @@ def run_clients(plans: list[ClientPlan], label: str, progress: bool = True, grac
     return RunResult(records, wall, samples[:10], model_ids)
 
 
-def _show(label: str, done: int, errors: int, total: int, elapsed: float, deadline: float) -> None:
+PROGRESS_STEPS = 1000
+
+
+def _progress_bar(label: str, enabled: bool) -> Any:
+    """A run's bar on stderr: a run ends at its deadline or when its requests are sent, whichever comes
+    first, so the bar shows the further along of the two and tqdm's ETA follows it."""
+    from tqdm import tqdm
+
+    return tqdm(total=PROGRESS_STEPS, desc=f"  {label}", disable=not enabled, file=sys.stderr, mininterval=0.5,
+                bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {elapsed}<{remaining}{postfix}")
+
+
+def _show(bar: Any, done: int, errors: int, total: int, elapsed: float, deadline: float,
+          finished: bool = False) -> None:
     rate = done / elapsed if elapsed > 0 else 0.0
-    print(f"\r  {label}: {done}/{total} requests, {errors} errors, {rate:5.1f} req/s, "
-          f"{min(elapsed, deadline):5.1f}/{deadline:.0f} s ", end="", file=sys.stderr, flush=True)
+    fraction = 1.0 if finished else max(min(elapsed / deadline, 1.0) if deadline > 0 else 0.0,
+                                        done / total if total else 0.0)
+    bar.set_postfix_str(f"{done}/{total} requests, {errors} errors, {rate:5.1f} req/s", refresh=False)
+    bar.update(max(0, round(fraction * PROGRESS_STEPS) - bar.n))
 
 
 def split_sequence(sequence: list[int] | tuple[int, ...], clients: int) -> list[tuple[int, ...]]:

@@ -30,11 +30,14 @@ from benchmarks.stats import median, ratio
 
 def _timed(target, model_ids: list[str], opts: Options) -> list[dict]:
     out = []
+    started = time.monotonic()
     for i, mid in enumerate(model_ids):
         seconds, status, body = first_request(target, mid, opts.images[i % len(opts.images)])
         out.append({"model_id": mid, "first_request_ms": round(seconds * 1e3, 1), "status": status,
                     **({"error": body} if status != 200 else {})})
-        log(f"    {target.name} {mid}: {seconds * 1e3:.0f} ms (HTTP {status})")
+        eta = (time.monotonic() - started) / (i + 1) * (len(model_ids) - i - 1)
+        log(f"    [{i + 1}/{len(model_ids)}] {target.name} {mid}: {seconds * 1e3:.0f} ms (HTTP {status})"
+            + (f", about {eta:.0f} s left" if i + 1 < len(model_ids) else ""))
     return out
 
 
@@ -190,7 +193,7 @@ def memory_workload(opts: Options) -> dict:
                     raise RuntimeError(f"{kind}: loading {layout.model_id(i)} failed: HTTP {status}: {body}")
                 time.sleep(0.5)
                 points.append(_point(server, i + 1, seconds))
-                log(f"    {kind}: {i + 1} models requested, replica RSS {points[-1].get('rss_mib')} MiB")
+                log(f"    {kind}: {i + 1}/{count} models requested, replica RSS {points[-1].get('rss_mib')} MiB")
             doc["contenders"][kind] = {"points": points, "per_model": _per_model(points, opts.cap),
                                        "processes": {k: len(v) for k, v in server.processes().items()}}
     write_result("memory", doc, opts, memory_ratios)

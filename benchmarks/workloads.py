@@ -96,7 +96,9 @@ def concurrency(opts: Options) -> dict:
             for target in targets_of(server, opts):
                 warm(target, mid[0], opts)
                 levels: dict[str, Any] = {}
-                for clients in opts.clients:
+                for i, clients in enumerate(opts.clients):
+                    log(f"  {target.name}: level {i + 1}/{len(opts.clients)} ({clients} clients), "
+                        f"about {(len(opts.clients) - i) * opts.duration_s:.0f} s of load left")
                     run_clients([plan(target, mid, [0] * 2, opts, 30.0) for _ in range(clients)],
                                 f"warm {target.name} x{clients}", progress=False)
                     result = run_clients([plan(target, mid, [0] * cap_per_client, opts, opts.duration_s,
@@ -134,7 +136,9 @@ def offered(opts: Options) -> dict:
             for target in targets_of(server, opts):
                 warm(target, mid[0], opts)
                 levels: dict[str, Any] = {}
-                for rate in opts.rates:
+                for i, rate in enumerate(opts.rates):
+                    log(f"  {target.name}: rate {i + 1}/{len(opts.rates)} ({rate:g} req/s), "
+                        f"about {(len(opts.rates) - i) * opts.duration_s:.0f} s of load left")
                     interval = clients / rate
                     per_client = int(opts.duration_s / interval) + 1
                     result = run_clients([plan(target, mid, [0] * per_client, opts, opts.duration_s + 30,
@@ -184,8 +188,9 @@ def switching(opts: Options) -> dict:
             for target in targets_of(server, opts):
                 if target.name.startswith("ours-raw") and "ours" in opts.variants:
                     continue  # one request style is enough here: the loads dominate
-                for pattern, models, clients in combos:
+                for i, (pattern, models, clients) in enumerate(combos):
                     key = f"{pattern}-{models}-c{clients}"
+                    log(f"  {target.name}: run {i + 1}/{len(combos)} ({key})")
                     ids = tuple(layout.model_id(i) for i in range(models))
                     # every model touched once first: all artifacts in the fastest tier each server has
                     run_clients([plan(target, ids, list(range(models)), opts, 600.0)], f"touch {models} models",

@@ -8,6 +8,8 @@ into ``configs/models``, ``v5`` derives ``shapes-det-v5/1`` by an ONNX graph rew
 measures held-out accuracy with Ultralytics' own validator on the exported ONNX files, and
 ``reference`` records Ultralytics' predictions on the test images as JSON for the parity tests.
 Needs torch, torchvision and ultralytics (see ``zoo/requirements.txt``); the server does not.
+Progress: tqdm bars (with ETAs) while the data sets are drawn and the models exported; ``all``
+logs each step as ``[i/n]`` with the time so far; Ultralytics shows its own bar per epoch.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import yaml
+from tqdm import tqdm
 
 from zoo.shapes import CLASSES, Scene, draw_dominant_shape, draw_scene
 
@@ -81,7 +85,9 @@ def make_data() -> None:
 
     jobs = [(TRAIN_SEED, i, "train") for i in range(N_TRAIN)] + [(VAL_SEED, i, "val") for i in range(N_VAL)]
     with Pool() as pool:
-        pool.map(_write_example, jobs, chunksize=16)
+        for _ in tqdm(pool.imap_unordered(_write_example, jobs, chunksize=16), total=len(jobs),
+                      desc="det/seg/pose images", unit="img"):
+            pass
     for kind in ("det", "seg"):
         data = {"path": str(WORK / "data" / kind), "train": "images/train", "val": "images/val",
                 "names": dict(enumerate(CLASSES))}
@@ -91,7 +97,7 @@ def make_data() -> None:
     (WORK / "data" / "pose.yaml").write_text(yaml.safe_dump(pose))
     rng = np.random.default_rng(TRAIN_SEED)
     for split, count in (("train", N_CLS_TRAIN), ("val", N_CLS_VAL)):
-        for i in range(count):
+        for i in tqdm(range(count), desc=f"cls {split} images", unit="img"):
             name = CLASSES[i % len(CLASSES)]
             d = WORK / "data" / "cls" / split / name
             d.mkdir(parents=True, exist_ok=True)
@@ -149,9 +155,8 @@ def write_manifest(model_id: str, task: str, architecture: str, files: dict[str,
 def export(kinds: list[str] | None = None) -> None:
     from ultralytics import YOLO
 
-    for kind, model_id in MODEL_IDS.items():
-        if kinds and kind not in kinds:
-            continue
+    for kind, model_id in tqdm([(k, m) for k, m in MODEL_IDS.items() if not kinds or k in kinds],
+                               desc="export", unit="model"):
         weights = WORK / "runs" / kind / "weights" / "last.pt"
         onnx_path = Path(YOLO(str(weights)).export(format="onnx", imgsz=IMGSZ[kind], dynamic=True, simplify=False,
                                                     opset=17))
@@ -234,14 +239,15 @@ if __name__ == "__main__":
         from zoo.reference import record_all
         record_all()
     elif step == "all":
-        make_data()
-        for k in MODEL_IDS:
-            train(k)
-        export()
-        derive_v5()
         from zoo.evaluate import evaluate_all
         from zoo.reference import record_all
-        evaluate_all()
-        record_all()
+
+        steps = [("data", make_data), *((f"train {k}", lambda k=k: train(k)) for k in MODEL_IDS), ("export", export),
+                 ("v5", derive_v5), ("evaluate", evaluate_all), ("reference", record_all)]
+        began = time.monotonic()
+        for i, (name, run) in enumerate(steps, 1):
+            print(f"[{i}/{len(steps)}] {name} ({time.monotonic() - began:.0f} s so far)", file=sys.stderr, flush=True)
+            run()
+        print(f"done: {len(steps)} steps in {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
     else:
         raise SystemExit(f"unknown step {step!r}")
