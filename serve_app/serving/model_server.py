@@ -112,6 +112,8 @@ class ModelServerCore:
         self._background = asyncio.get_running_loop().create_task(self._keep_reporting(), name="replica reports")
         wanted = list(dict.fromkeys([*self.settings.pinned, *self.settings.preload]))
         if wanted:
+            log.info("replica %s: loading %d pinned/preloaded model(s) before taking traffic: %s", self.replica_id,
+                     len(wanted), ", ".join(wanted))
             started = time.perf_counter()
             resolved = await asyncio.gather(*(self._canonical(m) for m in wanted), return_exceptions=True)
             canonical, pinned = [], set()
@@ -153,6 +155,8 @@ class ModelServerCore:
         hot = [key for key in hot if key not in self.cache][:count]
         if not hot:
             return
+        log.info("replica %s: prewarming %d hot model(s) %s, for at most %.0f s before taking traffic",
+                 self.replica_id, len(hot), hot, timeout)
         started = time.perf_counter()
         done, pending = await asyncio.wait([asyncio.ensure_future(self.cache.preload(k)) for k in hot],
                                            timeout=timeout)
