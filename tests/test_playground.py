@@ -386,6 +386,31 @@ def test_every_sample_renders(app, browser, model_id):
     assert console_errors(browser) == []
 
 
+def test_an_image_url_is_fetched_and_drawn_by_the_server(app, browser):
+    """The page cannot read another origin's pixels (nor may it load them: the policy is self only), so
+    for a URL it asks the server to fetch the image and to draw the answer on it."""
+    from tests.servers import OriginServer
+
+    origin = OriginServer({"/scene.jpg": SCENE.read_bytes()})
+    try:
+        open_page(browser, app.url)
+        choose_model(browser, "shapes-det/1")
+        by_id(browser, "url").send_keys(origin.url("/scene.jpg"))
+        wait(browser, lambda d: by_id(d, "run").is_enabled(), "Run stayed disabled after a URL was typed")
+        by_id(browser, "run").click()
+        shown = wait_for_answer(browser, "shapes-det/1")
+        assert origin.counts["/scene.jpg"] == 1  # the server fetched it; the browser did not
+    finally:
+        origin.stop()
+    direct = direct_answer(app, "shapes-det/1", SCENE.read_bytes())
+    assert [b[0] for b in boxes(shown)] == [b[0] for b in boxes(direct)]
+    assert shown["visualization"].startswith("<") and "base64 characters" in shown["visualization"]
+    assert "Drawn by the server" in by_id(browser, "picture-note").text
+    size = browser.execute_script("const c = document.getElementById('canvas'); return [c.width, c.height]")
+    assert size == [direct["image"]["width"], direct["image"]["height"]]
+    assert console_errors(browser) == []
+
+
 def test_an_answer_with_markup_is_shown_as_text(app, browser):
     """A class name or OCR text holding HTML stays text: the page inserts nothing as HTML."""
     text = np.full((120, 720, 3), 255, np.uint8)
