@@ -12,11 +12,15 @@ from typing import Any, Sequence
 
 
 def cell(value: Any) -> str:
-    """A value as a table shows it: ``None`` as ``-``, floats with one decimal (three below 10)."""
+    """A value as a table shows it: ``None`` as ``-``, floats with one decimal (three below 1).
+
+    >>> [cell(v) for v in (None, 5.0, 0.25, 12, 96.54)]
+    ['-', '5.0', '0.250', '12', '96.5']
+    """
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+        return f"{value:.3f}" if 0 < abs(value) < 1 else f"{value:.1f}"
     return str(value)
 
 
