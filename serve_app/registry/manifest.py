@@ -160,10 +160,16 @@ class Manifest:
         if not isinstance(raw_files, dict) or not raw_files:
             raise ManifestError("manifest 'files' must map names to {path|uri, sha256, size}")
         files = {name: _build(FileSpec, spec, f"files.{name}") for name, spec in raw_files.items()}
-        required = ("detector", "recognizer", "alphabet") if task == "ocr" else ("weights",)
+        required = {"pp-ocr": ("detector", "recognizer", "alphabet"), "doctr": ("detector", "recognizer")}.get(
+            arch, ("weights",))
         missing = [r for r in required if r not in files]
         if missing:
             raise ManifestError(f"manifest for task {task} lacks files {missing}")
+        if task == "ocr":  # the pipeline's settings are checked now (a 400), not when a replica loads it
+            from serve_app.tasks.doctr import DoctrConfig
+            from serve_app.tasks.ocr import OcrConfig
+
+            (DoctrConfig if arch == "doctr" else OcrConfig).from_manifest(data.get("ocr") or {})
         classes = data.get("classes")
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
             raise ManifestError("manifest 'classes' must be a non-empty list of strings")

@@ -220,6 +220,7 @@ TABLE: tuple[Architecture, ...] = (
     Architecture("yolov8-pose", "keypoint-detection", (GRID_POSE,)),
     Architecture("yolo26-pose", "keypoint-detection", (END2END_POSE, GRID_POSE)),
     Architecture("pp-ocr", "ocr"),
+    Architecture("doctr", "ocr"),  # tasks/doctr.py: a DocTR DB/LinkNet detector and a CTC recogniser
 )
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in TABLE}
 

@@ -58,6 +58,7 @@ FAMILIES: dict[str, Family] = {
 # names that are architectures of their own (not YOLO families), for the tasks they serve
 OTHER: dict[str, dict[str, str]] = {
     "yolact": {SEGMENT: "yolact"}, "multi-label": {CLASSIFY: "multi-label"}, "pp-ocr": {OCR: "pp-ocr"},
+    "doctr": {OCR: "doctr"},
 }
 
 # yolo / yolov, the version, an optional release (v2, v6: Roboflow's yolov5v6n), a size (n s m l x t c e b,

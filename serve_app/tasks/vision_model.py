@@ -60,14 +60,21 @@ class VisionModel:
 
     @classmethod
     def _load_ocr(cls, manifest: ModelSpec, files: Mapping[str, Any], options: SessionOptions) -> "VisionModel":
-        from serve_app.tasks.ocr import OcrConfig, OcrPipeline, load_alphabet
-
         options = replace(options, batch_sizes=())  # OCR is not batched across requests: one session each
         det = OnnxSession.from_bytes(files["detector"], options, manifest.model_id + ":detector")
         rec = OnnxSession.from_bytes(files["recognizer"], options, manifest.model_id + ":recognizer")
-        alphabet = load_alphabet(bytes(files["alphabet"]).decode("utf-8"))
-        pipeline = OcrPipeline(lambda x: det.run(x)[0], lambda x: rec.run(x)[0], alphabet,
-                               OcrConfig.from_manifest(manifest.ocr or {}))
+        pipeline: Any
+        if manifest.architecture == "doctr":
+            from serve_app.tasks.doctr import DoctrConfig, DoctrPipeline
+
+            pipeline = DoctrPipeline(lambda x: det.run(x)[0], lambda x: rec.run(x)[0],
+                                     DoctrConfig.from_manifest(manifest.ocr or {}))
+        else:
+            from serve_app.tasks.ocr import OcrConfig, OcrPipeline, load_alphabet
+
+            alphabet = load_alphabet(bytes(files["alphabet"]).decode("utf-8"))
+            pipeline = OcrPipeline(lambda x: det.run(x)[0], lambda x: rec.run(x)[0], alphabet,
+                                   OcrConfig.from_manifest(manifest.ocr or {}))
         started = time.perf_counter()
         try:  # a page of text: both sessions run now, not on the first request
             pipeline.warm_up()
