@@ -1,0 +1,185 @@
+"""shapes-det-26/1: a narrow YOLO26 (end-to-end head: no NMS) trained on the zoo's shapes scenes.
+
+The same data, input and classes as shapes-det/1 (``zoo/build.py``), Ultralytics'
+``cfg/models/26/yolo26.yaml`` narrowed to width 0.125 (YOLO26n's depth 0.5), exported with
+``end2end=True`` so the ONNX output is ``[B, 300, 6]`` (x1, y1, x2, y2, score, class), which the
+server decodes as architecture ``yolo26`` without NMS.
+
+    # on the GPU machine (ultralytics carried as wheels): draw the data, train, copy last.pt to OUT
+    ZOO_WORK=/tmp/zoo python -m zoo.yolo26 train 0 8 16 OUT
+    # here, on the CPU (/work/zoo-venv): ONNX + manifest, held-out figures, parity reference
+    YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$PWD/.cache/yolo /work/zoo-venv/bin/python -m zoo.yolo26 export PATH/last.pt
+    YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$PWD/.cache/yolo /work/zoo-venv/bin/python -m zoo.yolo26 evaluate
+    YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$PWD/.cache/yolo /work/zoo-venv/bin/python -m zoo.yolo26 reference
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from zoo.build import EPOCHS, IMGSZ, MODELS, TESTDATA, WIDTH, WORK, make_data, write_manifest
+from zoo.evaluate import N_HELDOUT, _write_heldout
+from zoo.reference import CONF, IOU
+from zoo.shapes import CLASSES
+
+MODEL_ID = "shapes-det-26/1"
+ARCHITECTURE = "yolo26"
+DEPTH = 0.50  # YOLO26n's depth multiple (its width, 0.25, is halved to the zoo's 0.125)
+MAX_DETECTIONS = 300  # the end-to-end head's K
+RUN_NAME = "det26"
+REFERENCE = TESTDATA / "reference" / "ultralytics_yolo26.json"
+FIGURES = MODELS / "zoo_figures.json"
+
+
+def model_yaml() -> Path:
+    """Ultralytics' YOLO26 detection yaml with the zoo's scale and three classes (end2end kept on)."""
+    import ultralytics
+
+    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg/models/26/yolo26.yaml").read_text())
+    cfg.pop("scales", None)
+    cfg.update(nc=len(CLASSES), depth_multiple=DEPTH, width_multiple=WIDTH, max_channels=1024)
+    assert cfg.get("end2end") is True, "yolo26.yaml no longer says end2end: True"
+    WORK.mkdir(parents=True, exist_ok=True)
+    out = WORK / "shapes-det-26.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def _without_polars() -> None:
+    """The GPU machine lacks polars (its 54 MB runtime does not fit a device call beside the tree);
+    the trainer imports it only to copy results.csv into each checkpoint, so that copy is left out."""
+    try:
+        import polars  # noqa: F401
+    except ImportError:
+        from ultralytics.engine.trainer import BaseTrainer
+
+        BaseTrainer.read_results_csv = lambda self: {}
+
+
+def train(device: str = "0", workers: int = 8, batch: int = 16, out: Path | None = None,
+          start: Path | None = None, budget_s: float = 170.0) -> Path:
+    """Draw the data if it is not there, train, and return last.pt (copied to ``out`` after every save).
+
+    Same data, epochs, image size and augmentation as build.py's det, from random weights or, to
+    continue an earlier run, from ``start``'s. ``budget_s`` bounds the training's wall time (device
+    time is scarce): when the epochs would not fit it, fewer are run.
+    """
+    from ultralytics import YOLO
+
+    _without_polars()
+    if not (WORK / "data" / "det.yaml").exists():
+        t = time.time()
+        make_data()
+        print(f"data drawn in {time.time() - t:.1f} s", flush=True)
+    started = time.time()
+
+    def copy_out(trainer) -> None:
+        if out is not None:
+            shutil.copy(trainer.last, out / "last.pt")
+        print(f"epoch {trainer.epoch + 1} saved at {time.time() - started:.1f} s", flush=True)
+
+    def bound(trainer) -> None:
+        # projected past the budget: Ultralytics' own time mode takes over (fewer epochs, the
+        # learning-rate schedule and the mosaic closing refitted to them, a stop when time is up)
+        elapsed = time.time() - trainer.train_time_start
+        if not trainer.args.time and elapsed * trainer.epochs / (trainer.epoch + 1) > budget_s:
+            print(f"epoch {trainer.epoch + 1} at {elapsed:.1f} s: {trainer.epochs} epochs would pass the "
+                  f"{budget_s:.0f} s budget, training for that time instead", flush=True)
+            trainer.args.time = budget_s / 3600
+
+    model = YOLO(str(start or model_yaml()), task="detect")
+    model.add_callback("on_model_save", copy_out)
+    model.add_callback("on_fit_epoch_end", bound)
+    model.train(data=str(WORK / "data" / "det.yaml"), epochs=EPOCHS["det"], imgsz=IMGSZ["det"], batch=batch,
+                workers=workers, seed=0, deterministic=False, project=str(WORK / "runs"), name=RUN_NAME,
+                exist_ok=True, plots=False, val=False, cache="ram", close_mosaic=10, pretrained=start is not None, amp=False,
+                device=device, verbose=False)
+    print(f"trained in {time.time() - started:.1f} s", flush=True)
+    return WORK / "runs" / RUN_NAME / "weights" / "last.pt"
+
+
+def _output_shape(onnx_path: Path, batch: int = 2) -> list[int]:
+    """The first output's real shape for a batch of ``batch`` (the declared one has symbolic dimensions)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = np.zeros((batch, 3, IMGSZ["det"], IMGSZ["det"]), np.float32)
+    return list(session.run(None, {session.get_inputs()[0].name: x})[0].shape)
+
+
+def export(weights: Path) -> Path:
+    """Export ``weights`` to ONNX with the end-to-end head and dynamic batch; write the manifest."""
+    from ultralytics import YOLO
+
+    onnx_path = Path(YOLO(str(weights)).export(format="onnx", imgsz=IMGSZ["det"], dynamic=True, simplify=False,
+                                                opset=17, end2end=True))
+    shape = _output_shape(onnx_path)
+    if shape != [2, MAX_DETECTIONS, 6]:  # end-to-end head, and the batch axis really dynamic
+        raise SystemExit(f"expected an end-to-end output [2, {MAX_DETECTIONS}, 6] for a batch of 2, got {shape}")
+    dest = MODELS / MODEL_ID
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(onnx_path, dest / "weights.onnx")
+    # the same input as shapes-det/1: letterbox to 640, grey padding, RGB, 1/255
+    spec = json.loads((MODELS / "shapes-det" / "1" / "model.json").read_text())["input"]
+    write_manifest(MODEL_ID, "object-detection", ARCHITECTURE, {"weights": dest / "weights.onnx"}, list(CLASSES), spec)
+    print(f"wrote {dest}: output {shape}, {(dest / 'weights.onnx').stat().st_size} bytes")
+    return dest / "weights.onnx"
+
+
+def evaluate() -> dict:
+    """Held-out figures by Ultralytics' validator on the ONNX file, exactly as zoo/evaluate.py measures
+    shapes-det/1 (the same 200 scenes), added to zoo_figures.json beside the others' entries."""
+    from ultralytics import YOLO
+
+    _write_heldout()
+    m = YOLO(str(MODELS / MODEL_ID / "weights.onnx"), task="detect")
+    r = m.val(data=str(WORK / "heldout" / "det.yaml"), imgsz=IMGSZ["det"], batch=1, plots=False, verbose=False,
+              project=str(WORK / "val"), name=RUN_NAME, exist_ok=True)
+    entry = {"box_map50": round(float(r.box.map50), 4), "box_map50_95": round(float(r.box.map), 4)}
+    figures = json.loads(FIGURES.read_text())
+    assert figures.get("heldout_images") == N_HELDOUT, figures.get("heldout_images")
+    figures[MODEL_ID] = entry
+    FIGURES.write_text(json.dumps(figures, indent=1) + "\n")
+    print(json.dumps({MODEL_ID: entry}))
+    return entry
+
+
+def record_reference() -> Path:
+    """Ultralytics' predictions on the ONNX file for the test images (the ones zoo/reference.py uses),
+    in ultralytics.json's format, into a file of its own."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(MODELS / MODEL_ID / "weights.onnx"), task="detect")
+    per_image = {}
+    for path in sorted((TESTDATA / "images").glob("*.jpg")):
+        # rect=False: square letterbox to the manifest's 640x640 input, as zoo/reference.py records
+        r = model.predict(str(path), imgsz=IMGSZ["det"], conf=CONF, iou=IOU, rect=False, verbose=False)[0]
+        per_image[path.name] = {"shape": list(r.orig_shape), "boxes": r.boxes.xyxy.numpy().round(3).tolist(),
+                                "classes": r.boxes.cls.numpy().astype(int).tolist(),
+                                "confidences": r.boxes.conf.numpy().round(5).tolist()}
+    reference = {"conf": CONF, "iou": IOU, "models": {MODEL_ID: per_image}}
+    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+    REFERENCE.write_text(json.dumps(reference, indent=1) + "\n")
+    print(f"wrote {REFERENCE}: {sum(len(e['boxes']) for e in per_image.values())} boxes on {len(per_image)} images")
+    return REFERENCE
+
+
+if __name__ == "__main__":
+    step = sys.argv[1] if len(sys.argv) > 1 else ""
+    if step == "train":  # train DEVICE WORKERS BATCH [OUT [START BUDGET_S]]
+        args = sys.argv[2:]
+        train(args[0], int(args[1]), int(args[2]), *[Path(a) for a in args[3:5]], *[float(a) for a in args[5:6]])
+    elif step == "export":  # export [weights]
+        export(Path(sys.argv[2]) if len(sys.argv) > 2 else WORK / "runs" / RUN_NAME / "weights" / "last.pt")
+    elif step == "evaluate":
+        evaluate()
+    elif step == "reference":
+        record_reference()
+    else:
+        raise SystemExit("usage: python -m zoo.yolo26 train|export|evaluate|reference ...")
