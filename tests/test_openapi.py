@@ -6,6 +6,7 @@ loads its assets from the server and renders the operations in a headless Chromi
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import re
@@ -126,6 +127,8 @@ def test_inference_parameters_are_what_the_parser_reads(doc):
         assert params[name]["default"] == getattr(defaults, name)
     assert params["response_mask_format"]["default"] == defaults.mask_format
     assert openapi.MAX_STROKE == roboflow._MAX_STROKE
+    assert set(openapi.PARAM_DOCS) == {f.name for f in dataclasses.fields(InferenceParams)} - {"overrides"}
+    assert set(openapi.TASK_ANSWERS) == set(roboflow.TASK_ROUTES)
     from serve_app.pipeline import images
 
     assert doc["components"]["schemas"]["ImageObject"]["properties"]["type"]["enum"] == list(images._ACCEPTED_TYPES)
@@ -236,8 +239,8 @@ TASK_CASES = [  # /infer/{task}, model, image, extra fields, the component the a
     ("instance_segmentation", "shapes-seg/1", scene, {"response_mask_format": "rle"}, "InstanceSegmentationResponse"),
     ("instance_segmentation", "shapes-seg/1", scene, {}, "InstanceSegmentationResponse"),
     ("keypoints_detection", "shapes-pose/1", triangles, {"keypoint_confidence": 0.0}, "KeypointsDetectionResponse"),
-    ("classification", "shapes-cls/1", square, {}, "SingleLabelAnswer"),
-    ("classification", "colours-multi/1", lambda: solid_jpeg((0, 0, 255)), {}, "MultiLabelAnswer"),
+    ("classification", "shapes-cls/1", square, {}, "ClassificationResponse"),
+    ("classification", "colours-multi/1", lambda: solid_jpeg((0, 0, 255)), {}, "MultiLabelClassificationResponse"),
     ("ocr", "ocr/1", text_image, {}, "OcrResponse"),
 ]
 

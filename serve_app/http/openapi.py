@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from functools import lru_cache
@@ -63,7 +64,7 @@ PARAM_DOCS = {
 TASK_ANSWERS = {"object_detection": ("ObjectDetectionResponse",),
                 "instance_segmentation": ("InstanceSegmentationResponse",),
                 "keypoints_detection": ("KeypointsDetectionResponse",),
-                "classification": ("SingleLabelAnswer", "MultiLabelAnswer"), "ocr": ("OcrResponse",)}
+                "classification": ("ClassificationResponse", "MultiLabelClassificationResponse"), "ocr": ("OcrResponse",)}
 DOCS_ASSETS = {"swagger-ui.css": "text/css; charset=utf-8", "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
                "favicon-32x32.png": "image/png", "favicon-16x16.png": "image/png"}
 DOCS_SPEC = "openapi-3.0.json"
@@ -146,7 +147,7 @@ def inference_parameters(schemas: SchemaSet) -> dict[str, dict[str, Any]]:
             schema = {"type": "string", "enum": list(MASK_FORMATS)}
         if f.default is not None and f.default is not dataclasses.MISSING:
             schema["default"] = f.default
-        schema["description"] = PARAM_DOCS[f.name]
+        schema["description"] = PARAM_DOCS.get(f.name, "")  # tests/test_openapi.py: every field has its words
         if f.name == "mask_format":
             out["response_mask_format"] = schema
             out["mask_format"] = {**schema, "description": "the same as response_mask_format"}
@@ -164,8 +165,7 @@ def _query(name: str, schema: dict[str, Any], description: str | None = None) ->
 
 def _inference_request(schemas: SchemaSet, params: dict[str, dict[str, Any]]) -> dict[str, str]:
     """``InferenceBody``'s fields and the inference parameters: the JSON body of every inference route."""
-    fields = schemas.components[_name(schemas.of(shapes.InferenceBody))]
-    body = {**fields, "properties": dict(fields["properties"])}
+    body = schemas.components.pop(_name(schemas.of(shapes.InferenceBody)))  # only as part of this one
     body["description"] = ("Roboflow Inference's JSON request: the image(s) and the model, the inference "
                            "parameters, whether to draw the predictions. Fields it does not know are ignored.")
     image = body["properties"]["image"]
@@ -199,19 +199,31 @@ def _name(ref: dict[str, str]) -> str:
 
 # -- the answers ---------------------------------------------------------------------------------
 def _answer_components(schemas: SchemaSet) -> None:
-    schemas.of(shapes.SingleLabelAnswer)
-    schemas.of(shapes.MultiLabelAnswer)
+    schemas.of(shapes.ClassificationResponse)
+    schemas.of(shapes.MultiLabelClassificationResponse)
     schemas.of(shapes.OcrResponse)
-    detection = schemas.components[_name(schemas.of(shapes.DetectionAnswer))]
-    prediction = schemas.components[_name(schemas.of(Prediction))]
+    # the detection tasks share one type; each route's answers are a variant of it, named by task
+    detection = schemas.components.pop(_name(schemas.of(shapes.DetectionAnswer)))
+    prediction = schemas.components.pop(_name(schemas.of(Prediction)))
     kinds = {"ObjectDetection": ((), ("points", "rle_mask", "keypoints"), "a box"),
              "InstanceSegmentation": (("points",), ("keypoints",), "a box and its polygon (and RLE mask if asked)"),
              "KeypointsDetection": (("keypoints",), ("points", "rle_mask"), "a box and its keypoints")}
     for kind, (require, drop, what) in kinds.items():
         pred = schemas.add(f"{kind}Prediction", variant(prediction, require=require, drop=drop,
                                                          description=f"One detection: {what}."))
-        schemas.add(f"{kind}Response", {**detection, "properties": {
-            **detection["properties"], "predictions": {"type": "array", "items": pred}}})
+        schemas.add(f"{kind}Response", {**detection, "description": f"{kind_words(kind)}: one prediction per "
+                                        "detection.", "properties": {**detection["properties"],
+                                                                      "predictions": {"type": "array", "items": pred}}})
+
+
+def kind_words(kind: str) -> str:
+    """A component name's words as a sentence starts.
+
+    >>> kind_words("InstanceSegmentation")
+    'Instance segmentation'
+    """
+    words = re.findall(r"[A-Z][a-z]*", kind)
+    return " ".join([words[0], *(w.lower() for w in words[1:])])
 
 
 def _json_answer(schemas: SchemaSet, names: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -266,7 +278,7 @@ def build_document() -> dict[str, Any]:
             "security": infer_security, "responses": {"200": _json_answer(schemas, all_answers, "the answer"),
                                                       **infer_errors}}},
     }
-    for route, names in ((r, TASK_ANSWERS[r]) for r in TASK_ROUTES):
+    for route, names in ((r, TASK_ANSWERS.get(r, all_answers)) for r in TASK_ROUTES):  # a new task: tested
         paths[f"/infer/{route}"] = {"post": {
             "operationId": f"infer_{route}", "tags": ["inference"], "summary": f"{TASK_ROUTES[route]} (Roboflow's "
             "JSON request)", "parameters": [header_param],
@@ -331,17 +343,16 @@ def build_document() -> dict[str, Any]:
         _query("classes", {"type": "string"}, "a class filter: names, comma-separated"),
         *(_query(k, v) for k, v in scalar_params.items() if k not in ("confidence", "iou_threshold")),
     ]
+    legacy_answer = _json_answer(schemas, all_answers, "the answer: JSON (format json or image_and_json) or "
+                                 "the predictions drawn (format image)")
+    legacy_answer["content"]["image/jpeg"] = {"schema": {"type": "string", "contentMediaType": "image/jpeg"}}
     paths["/{dataset}/{version}"] = {"post": {
         "operationId": "infer_legacy", "tags": ["inference"], "summary": "Roboflow's legacy route",
         "description": "The image as the body (bytes or base64), as multipart 'file', or as ?image=<url>.",
         "parameters": legacy_params, "security": infer_security,
         "requestBody": {"required": False, "content": {**raw_bodies, "multipart/form-data": {"schema": {
             "type": "object", "properties": {"file": binary["schema"]}, "required": ["file"]}}}},
-        "responses": {"200": {**_json_answer(schemas, all_answers, "the answer (format json or image_and_json)"),
-                              "content": {**_json_answer(schemas, all_answers, "")["content"],
-                                          "image/jpeg": {"schema": {"type": "string",
-                                                                    "contentMediaType": "image/jpeg"}}}},
-                      **_errors(400, 401, 404, 405, 413, 422, 503, 504, 507)}}}
+        "responses": {"200": legacy_answer, **_errors(400, 401, 404, 405, 413, 422, 503, 504, 507)}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "serve_app", "version": __version__, "description": (

@@ -36,13 +36,13 @@ class DetectionAnswer(Answer):
     predictions: list[Prediction]
 
 
-class SingleLabelAnswer(Answer, SingleLabelResult):
+class ClassificationResponse(Answer, SingleLabelResult):
     """Single-label classification."""
 
     image: ImageSize
 
 
-class MultiLabelAnswer(Answer, MultiLabelResult):
+class MultiLabelClassificationResponse(Answer, MultiLabelResult):
     """Multi-label classification."""
 
     image: ImageSize
