@@ -232,6 +232,7 @@ def _json_answer(schemas: SchemaSet, names: tuple[str, ...], what: str) -> dict[
     return {"description": f"{what}; a list of images is answered with a list",
             "content": {"application/json": {"schema": schema}},
             "headers": {"X-Model-Id": {"schema": {"type": "string"}, "description": "the model's canonical id"},
+                        "X-Replica": {"schema": {"type": "string"}, "description": "the replica that answered"},
                         "Server-Timing": {"schema": {"type": "string"}, "description": "time spent per stage"}}}
 
 
