@@ -111,6 +111,7 @@ def run_level(client: ServerClient, model: str, image: bytes, clients: int, dura
             bar.set_postfix_str(f"{answers} answers, {errors} errors, {answers / max(elapsed, 1e-9):.1f} req/s",
                                 refresh=False)
             bar.update(elapsed - bar.n)
+        bar.update(duration_s - bar.n)  # the window is over: the bar ends full
     for t in threads:
         t.join(client.timeout_s + 5)
     return LevelResult(clients, duration_s, tuple(x for t in tallies for x in t.latencies_s),
