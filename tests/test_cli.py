@@ -66,6 +66,15 @@ def test_console_script_is_installed():
     assert CLI.is_file() and os.access(CLI, os.X_OK), "pip install -e . installs the serve-app console script"
 
 
+def test_the_http_commands_do_not_import_ray():
+    code = ("import sys; from serve_app.cli import build_parser, commands, client; "
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'ray'], 'ray imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "serve_app.cli", "--version"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("serve-app "), r.stderr
+
+
 @pytest.mark.parametrize("command", [[], ["infer"], ["models"], ["models", "list"], ["models", "add"],
                                      ["models", "load"], ["models", "remove"], ["serve"], ["bench"]])
 def test_help_of_every_command(command):

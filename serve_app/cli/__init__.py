@@ -142,7 +142,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # 'serve-app models list | head'
         return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
