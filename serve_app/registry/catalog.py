@@ -3,6 +3,9 @@
 Discovery (repositories on disk), lifecycle (add, remove, persisted) and resolution live here;
 :mod:`serve_app.registry.actor` wraps it in a named, detached Ray actor.
 
+A repository may also be a Roboflow Inference model cache (its ``MODEL_CACHE_DIR``): its
+``<dataset>/<version>`` folders are read by :mod:`serve_app.registry.roboflow_cache`.
+
 Manifests read from a repository name their files by ``path``; the catalog turns those into
 absolute ``file://`` URIs so that any process can fetch them through the artifact tiers.
 """
@@ -17,13 +20,16 @@ from typing import Any
 
 from serve_app.errors import InvalidParameter, ManifestError, ModelNotFound
 from serve_app.registry.manifest import Manifest, split_key, validate_model_id
+from serve_app.registry.roboflow_cache import discover_roboflow_models
 
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "model.json"
 
 
-def discover(repository: Path) -> dict[str, Manifest]:
-    """Every ``<model id>/model.json`` under ``repository``; a broken manifest is logged and skipped."""
+def discover(repository: Path, skipped: dict[str, str] | None = None) -> dict[str, Manifest]:
+    """Every ``<model id>/model.json`` under ``repository``, and every Roboflow Inference cache folder
+    (``<dataset>/<version>/model_type.json``, see roboflow_cache.py) without one; a broken one is
+    logged, skipped, and its reason kept in ``skipped`` (model id -> reason)."""
     found: dict[str, Manifest] = {}
     for path in sorted(repository.rglob(MANIFEST_NAME)):
         model_id = path.parent.relative_to(repository).as_posix()
@@ -34,6 +40,15 @@ def discover(repository: Path) -> dict[str, Manifest]:
             found[model_id] = with_file_uris(Manifest.from_dict(data), path.parent)
         except (ManifestError, ValueError, OSError) as exc:
             log.error("skipping manifest %s: %s", path, exc)
+    manifest_folders = frozenset(p.parent for p in repository.rglob(MANIFEST_NAME))
+    for entry in discover_roboflow_models(repository, skip=manifest_folders):
+        if entry.manifest is None or entry.model_id in found:
+            reason = entry.reason or f"{entry.model_id!r} is already a model of this repository"
+            log.error("skipping Roboflow cache folder %s: %s", entry.folder, reason)
+            if skipped is not None:
+                skipped[entry.model_id] = f"its Roboflow cache folder was skipped: {reason}"
+        else:
+            found[entry.model_id] = with_file_uris(entry.manifest, entry.folder)
     return found
 
 
@@ -52,9 +67,10 @@ class ModelCatalog:
         self._repositories = [Path(r) for r in repositories]
         self._state_path = state_path
         self._discovered: dict[str, Manifest] = {}
+        self._skipped: dict[str, str] = {}  # model id -> why its folder was not read (said in the 404)
         for repo in self._repositories:
             if repo.is_dir():
-                self._discovered.update(discover(repo))
+                self._discovered.update(discover(repo, self._skipped))
             else:
                 log.warning("model repository %s does not exist", repo)
         self._added: dict[str, Manifest] = {}
@@ -106,7 +122,8 @@ class ModelCatalog:
             if name not in self._aliases:
                 break
             name = self._aliases[name]
-        raise ModelNotFound(f"model {id_or_alias!r} is not in the registry")
+        why = f"; {self._skipped[name]}" if name in self._skipped else ""
+        raise ModelNotFound(f"model {id_or_alias!r} is not in the registry{why}")
 
     def resolve_key(self, key: str) -> Manifest:
         """The manifest of a :func:`model_key`: the current one, or one replaced lately (requests
