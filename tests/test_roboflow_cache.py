@@ -60,7 +60,8 @@ def write_roboflow_model(cache: Path, model_id: str, *, task: str, model_type: s
     (folder / "weights.onnx").write_bytes(weights)
     # environment = get_from_url(api_data["environment"]): the API's environment, PREPROCESSING a JSON string;
     # environment["COLORS"] = api_data["colors"]; save_json_in_cache -> json.dump with no indent
-    environment: dict = {"PREPROCESSING": preprocessing if isinstance(preprocessing, str) else json.dumps(preprocessing),
+    preproc = preprocessing if isinstance(preprocessing, str) else json.dumps(preprocessing)
+    environment: dict = {"PREPROCESSING": preproc,
                          "CLASS_MAP": {str(i): name for i, name in enumerate(classes)}}
     if multiclass is not None:
         environment["MULTICLASS"] = multiclass
@@ -354,8 +355,8 @@ def test_inference_sdk_answers_as_the_built_in_model(app, rf_id):
     from inference_sdk import InferenceConfiguration, InferenceHTTPClient
 
     client = InferenceHTTPClient(api_url=app.url, api_key=None)
-    client.configure(InferenceConfiguration(confidence_threshold=0.25, iou_threshold=0.45,
-                                            keypoint_confidence_threshold=0.0))
+    client.configure(InferenceConfiguration(api_key_transport="header", confidence_threshold=0.25,
+                                            iou_threshold=0.45, keypoint_confidence_threshold=0.0))
     assert client.client_mode.value == "v1"
     native_id = app.copies[rf_id]
     images = images_for(native_id)

@@ -188,7 +188,7 @@ def map_preprocessing(preproc: dict[str, Any], task: str) -> tuple[dict[str, Any
         try:
             out["static_crop"] = tuple(float(crop[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
         except (KeyError, TypeError, ValueError):
-            raise ManifestError(f"static-crop needs numeric x_min, y_min, x_max, y_max in percent, got {crop}") from None
+            raise ManifestError(f"static-crop needs numeric x_min, y_min, x_max, y_max (percent), got {crop}") from None
     contrast = enabled(preproc, "contrast")
     if contrast is not None:
         kind = contrast.get("type")
