@@ -86,9 +86,13 @@ class RouteNotFound(ServeAppError):
 
 
 class MethodNotAllowed(ServeAppError):
-    """405: the path exists for another method."""
+    """405: the path exists for another method; ``allowed`` goes out as the ``Allow`` header."""
 
     status, code = 405, "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: tuple[str, ...] = (), retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.allowed = tuple(allowed)
 
 
 class ModelNotFound(ServeAppError):

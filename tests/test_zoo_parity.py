@@ -18,7 +18,7 @@ REFERENCE = DATA / "reference" / "ultralytics.json"
 
 def _reference() -> dict:
     if not REFERENCE.exists():
-        pytest.skip("no Ultralytics reference recorded yet")
+        pytest.fail("tests/data/reference/ultralytics.json is missing: python -m zoo.build reference")
     return json.loads(REFERENCE.read_text())
 
 

@@ -59,6 +59,8 @@ def error_response(exc: BaseException) -> JSONResponse:
     headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after is not None else {}
     if isinstance(err, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(err, MethodNotAllowed) and err.allowed:
+        headers["Allow"] = ", ".join(err.allowed)
     return JSONResponse(err.to_dict(), status_code=err.status, headers=headers or None)
 
 
@@ -67,11 +69,9 @@ async def http_exception_response(request: Request, exc: Exception) -> JSONRespo
     status = getattr(exc, "status_code", 500)
     if status == 405:
         allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
-        response = error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; "
-                                                   f"allowed: {allowed or 'none'}"))
-        if allowed:
-            response.headers["Allow"] = allowed
-        return response
+        return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; "
+                                               f"allowed: {allowed or 'none'}",
+                                               allowed=tuple(m.strip() for m in allowed.split(",") if m.strip())))
     if status == 404:
         return error_response(RouteNotFound(f"no route {request.method} {request.url.path}"))
     return error_response(ServeAppError(str(getattr(exc, "detail", "error"))))

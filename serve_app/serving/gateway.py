@@ -213,7 +213,7 @@ class Gateway:
             allowed = methods_of(self.routes, f"/{dataset}/{version}")
             if allowed:
                 raise MethodNotAllowed(f"POST is not allowed on /{dataset}/{version}; "
-                                       f"allowed: {', '.join(allowed)}")
+                                       f"allowed: {', '.join(allowed)}", allowed=tuple(allowed))
             raise RouteNotFound(f"no route POST /{dataset}/{version[:40]}; '{dataset}' cannot be a model name "
                                 "on the legacy route")
         self._authorize(request)
