@@ -31,7 +31,8 @@ def discover(repository: Path, skipped: dict[str, str] | None = None) -> dict[st
     (``<dataset>/<version>/model_type.json``, see roboflow_cache.py) without one; a broken one is
     logged, skipped, and its reason kept in ``skipped`` (model id -> reason)."""
     found: dict[str, Manifest] = {}
-    for path in sorted(repository.rglob(MANIFEST_NAME)):
+    manifests = sorted(repository.rglob(MANIFEST_NAME))
+    for path in manifests:
         model_id = path.parent.relative_to(repository).as_posix()
         try:
             data = json.loads(path.read_text())
@@ -40,8 +41,7 @@ def discover(repository: Path, skipped: dict[str, str] | None = None) -> dict[st
             found[model_id] = with_file_uris(Manifest.from_dict(data), path.parent)
         except (ManifestError, ValueError, OSError) as exc:
             log.error("skipping manifest %s: %s", path, exc)
-    manifest_folders = frozenset(p.parent for p in repository.rglob(MANIFEST_NAME))
-    for entry in discover_roboflow_models(repository, skip=manifest_folders):
+    for entry in discover_roboflow_models(repository, skip=frozenset(p.parent for p in manifests)):
         if entry.manifest is None or entry.model_id in found:
             reason = entry.reason or f"{entry.model_id!r} is already a model of this repository"
             log.error("skipping Roboflow cache folder %s: %s", entry.folder, reason)
