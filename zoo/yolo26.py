@@ -5,7 +5,13 @@ The same data, input and classes as shapes-det/1 (``zoo/build.py``), Ultralytics
 ``end2end=True`` so the ONNX output is ``[B, 300, 6]`` (x1, y1, x2, y2, score, class), which the
 server decodes as architecture ``yolo26`` without NMS.
 
-    # on the GPU machine (ultralytics carried as wheels): draw the data, train, copy last.pt to OUT
+The committed weights came from two calls on one H200 (about 9 minutes of device time were left
+to the session): ``train 0 8 16 OUT`` (its 170 s budget gave 14 epochs at ~12 s each), then
+``train 0 8 32 OUT run1/last.pt 125`` (20 more epochs from those weights at ~6 s each). One call
+of 40 epochs at batch 32 (~4 minutes there) is the plain recipe; it was not run.
+
+    # on the GPU machine (ultralytics carried as wheels): draw the data, train, copy last.pt to OUT;
+    # train DEVICE WORKERS BATCH [OUT [START_WEIGHTS BUDGET_S]]
     ZOO_WORK=/tmp/zoo python -m zoo.yolo26 train 0 8 16 OUT
     # here, on the CPU (/work/zoo-venv): ONNX + manifest, held-out figures, parity reference
     YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$PWD/.cache/yolo /work/zoo-venv/bin/python -m zoo.yolo26 export PATH/last.pt
