@@ -20,6 +20,7 @@ of 40 epochs at batch 32 (~4 minutes there) is the plain recipe; it was not run.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -59,9 +60,7 @@ def model_yaml() -> Path:
 def _without_polars() -> None:
     """The GPU machine lacks polars (its 54 MB runtime does not fit a device call beside the tree);
     the trainer imports it only to copy results.csv into each checkpoint, so that copy is left out."""
-    try:
-        import polars  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("polars") is None:
         from ultralytics.engine.trainer import BaseTrainer
 
         BaseTrainer.read_results_csv = lambda self: {}
