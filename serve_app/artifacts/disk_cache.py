@@ -193,7 +193,7 @@ class DiskCache:
             return True
         else:
             try:
-                got = _sha256_file(path)
+                got = sha256_file(path)
             except FileNotFoundError:
                 return False
             if got == digest:
@@ -222,7 +222,7 @@ class DiskCache:
                 raise ArtifactCorrupt(
                     f"artifact {digest[:12]} has {got_size} bytes, expected {size}"
                 )
-            got = _sha256_file(tmp_path)
+            got = sha256_file(tmp_path)
             if got != digest:
                 raise ArtifactCorrupt(
                     f"artifact checksum mismatch: expected sha256 {digest[:12]}…, "
@@ -243,7 +243,7 @@ def _check_digest(sha256: str) -> str:
     return digest
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_HASH_CHUNK):

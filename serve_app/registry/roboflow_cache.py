@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.artifacts.disk_cache import _sha256_file as sha256_file  # the disk cache's own digest
+from serve_app.artifacts.disk_cache import sha256_file
 from serve_app.errors import ManifestError
 from serve_app.registry.manifest import Manifest
 
