@@ -35,6 +35,7 @@ ROBOFLOW = {
     (CLS, "yolov8"): "yolov8-cls", (CLS, "yolov8n"): "yolov8-cls",
     (POSE, "yolov8"): "yolov8-pose", (POSE, "yolov8n-pose"): "yolov8-pose", (POSE, "yolov11n"): "yolov8-pose",
     (POSE, "yolov11x-pose"): "yolov8-pose", (POSE, "yolo26n"): "yolo26-pose", (POSE, "yolo26l-pose"): "yolo26-pose",
+    (DET, "rfdetr-base"): "rf-detr", (DET, "rfdetr-nano"): "rf-detr", (SEG, "rfdetr-seg-preview"): "rf-detr-seg",
 }
 # Ultralytics' own names (no task: the suffix says it), v5 to 26 with their heads and size letters
 ULTRALYTICS = {
@@ -64,7 +65,7 @@ def test_ultralytics_names_map_by_their_suffix(name):
 @pytest.mark.parametrize("name, task, says", [
     ("yolov6n", None, "no object-detection decoder"),  # a family with no decoder here
     ("yolov3u", None, "no object-detection decoder"),
-    ("rfdetr-base", DET, "not one this server decodes"),
+    ("rfdetr-base", SEG, "serves"),  # RF-DETR's detection model under the segmentation task
     ("yolo_nas_s", DET, "not one this server decodes"),
     ("vit", CLS, "not one this server decodes"),
     ("yolov8n-obb", None, "oriented boxes"),
@@ -166,7 +167,7 @@ def test_roboflow_names_in_a_manifest_serve_like_the_builtin_model(app, origin):
 
 @pytest.mark.ray
 @pytest.mark.parametrize("arch, says", [("yolov6n", "no object-detection decoder"),
-                                        ("rfdetr-base", "not one this server decodes"),
+                                        ("yolo_nas_s", "not one this server decodes"),
                                         ("yolov8n-seg", "task given is object-detection")])
 def test_a_name_with_no_decoder_is_a_400_that_lists_what_is_supported(app, origin, arch, says):
     r = app.post("/model/add", json={"manifest": _remote_manifest(origin, "refused/1", arch, "refused")})

@@ -8,7 +8,7 @@ The first entry of a task is that task's default architecture. OCR has a pipelin
 (``tasks/ocr.py``: two sessions), so its entries have no layouts.
 
 >>> ARCHITECTURES["yolov5"].task, names_by_task()["object-detection"]
-('object-detection', ('yolov8', 'yolov5', 'yolov10', 'yolo26'))
+('object-detection', ('yolov8', 'yolov5', 'yolov10', 'yolo26', 'rf-detr'))
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 from serve_app.errors import InvalidParameter
 from serve_app.pipeline.geometry import ImageTransform
 from serve_app.pipeline.preprocess import InputSpec, PreprocessingSpec
-from serve_app.tasks import detection, segmentation
+from serve_app.tasks import detection, detr, segmentation
 from serve_app.tasks.classification import Classification, to_probabilities
 from serve_app.tasks.keypoints import keypoints_from_extra, keypoints_to_original
 from serve_app.tasks.masks import mask_logits_at_input, mask_to_original, mask_to_polygon
@@ -138,6 +138,30 @@ def _yolact(outs: Sequence[np.ndarray], names: Sequence[str], spec: ModelSpec) -
                                       (spec.input.height, spec.input.width))
 
 
+def _detr_select(outs: Sequence[np.ndarray], transform: ImageTransform, params: InferenceParams,
+                 spec: ModelSpec) -> detr.DetrSelection:
+    return detr.select(outs[0], outs[1], len(spec.classes), (transform.input_h, transform.input_w),
+                       confidence=params.confidence, class_ids_allowed=_class_ids(spec, params),
+                       max_detections=params.max_detections)
+
+
+def _detr_boxes(outs: Sequence[np.ndarray], names: Sequence[str], transform: ImageTransform, params: InferenceParams,
+                spec: ModelSpec) -> dict:
+    sel = _detr_select(outs, transform, params, spec)
+    dets = Detections(transform.boxes_to_original(sel.boxes), sel.confidence, sel.class_id)
+    return {"predictions": dets.to_roboflow(spec.classes)}
+
+
+def _detr_instances(outs: Sequence[np.ndarray], names: Sequence[str], transform: ImageTransform,
+                    params: InferenceParams, spec: ModelSpec) -> dict:
+    sel = _detr_select(outs, transform, params, spec)
+    masks = detr.masks_to_original(outs[2][sel.query], transform)
+    polygons = tuple(mask_to_polygon(m) for m in masks)
+    dets = Detections(transform.boxes_to_original(sel.boxes), sel.confidence, sel.class_id, polygons=polygons,
+                      masks=tuple(masks) if params.mask_format == "rle" else None)
+    return {"predictions": dets.to_roboflow(spec.classes)}
+
+
 def _classes(outs: Sequence[np.ndarray], names: Sequence[str], transform: ImageTransform, params: InferenceParams,
              spec: ModelSpec) -> dict:
     probs = to_probabilities(outs[0].reshape(-1), spec.multi_label)
@@ -190,6 +214,22 @@ def _five_outputs(spec: ModelSpec, shapes: Shapes) -> str | None:
     return None if len(shapes) == 5 else "five outputs loc, conf, mask, priors, proto"
 
 
+def _detr_outputs(masks: bool) -> OutputCheck:
+    """RF-DETR's export: ``dets`` ``[B, Q, 4]``, ``labels`` ``[B, Q, C + 1]`` and (``masks``) ``masks``
+    ``[B, Q, mh, mw]``, in that order (``tasks/detr.py``)."""
+    def check(spec: ModelSpec, shapes: Shapes) -> str | None:
+        c = len(spec.classes)
+        expected = f"dets [B, Q, 4], labels [B, Q, {c}+1]" + (", masks [B, Q, mh, mw]" if masks else "")
+        if len(shapes) != 2 + masks or any(len(s) != 3 for s in shapes[:2]) or (masks and len(shapes[2]) != 4):
+            return f"{2 + masks} outputs {expected}"
+        q = shapes[0][1]
+        if shapes[0][2] != 4 or shapes[1][1] != q or (masks and shapes[2][1] != q):
+            return f"{expected} with the same Q"
+        wrong = detr.class_columns(shapes[1][2], c)
+        return None if wrong is None else f"{expected}: labels with {wrong}"
+    return check
+
+
 def _seg(decode: Callable[[np.ndarray, np.ndarray, int], segmentation.SegCandidates], nms: bool = True) -> Decoder:
     return _instances(lambda outs, names, spec: decode(outs[0], outs[1], len(spec.classes)), nms)
 
@@ -204,6 +244,8 @@ END2END_SEG = Layout(_seg(segmentation.decode_end2end_seg, nms=False), _end2end(
 GRID_POSE = Layout(_pose(detection.decode_yolov8), _keypoints(lambda extra: _rows(1, False, extra)))
 END2END_POSE = Layout(_pose(detection.decode_end2end, nms=False), _keypoints(_end2end))
 SCORES = Layout(_classes, _scores)
+DETR = Layout(_detr_boxes, _detr_outputs(masks=False))  # RF-DETR: top query/class pairs, no NMS
+DETR_SEG = Layout(_detr_instances, _detr_outputs(masks=True))
 
 TABLE: tuple[Architecture, ...] = (
     Architecture("yolov8", "object-detection", (GRID,)),
@@ -211,10 +253,12 @@ TABLE: tuple[Architecture, ...] = (
     # exported with end2end=False, YOLOv10 and YOLO26 write YOLOv8's grid (their one-to-many head)
     Architecture("yolov10", "object-detection", (END2END, GRID)),
     Architecture("yolo26", "object-detection", (END2END, GRID)),
+    Architecture("rf-detr", "object-detection", (DETR,)),  # tasks/detr.py
     Architecture("yolov8-seg", "instance-segmentation", (GRID_SEG,)),
     Architecture("yolov5-seg", "instance-segmentation", (OBJECTNESS_SEG,)),
     Architecture("yolo26-seg", "instance-segmentation", (END2END_SEG, GRID_SEG)),
     Architecture("yolact", "instance-segmentation", (Layout(_instances(_yolact), _five_outputs),)),
+    Architecture("rf-detr-seg", "instance-segmentation", (DETR_SEG,)),
     Architecture("yolov8-cls", "classification", (SCORES,)),
     Architecture("multi-label", "classification", (SCORES,)),
     Architecture("yolov8-pose", "keypoint-detection", (GRID_POSE,)),

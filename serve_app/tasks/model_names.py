@@ -9,7 +9,9 @@ by one table (:data:`FAMILIES`), onto the output layout that family's exports ha
 - YOLOv5 and YOLOv7 (original repositories): boxes with objectness, ``yolov5`` / ``yolov5-seg``;
 - YOLOv8, v9, 11, 12 and Ultralytics' YOLOv5u: the anchor-free grid, ``yolov8`` and its heads;
 - YOLOv10 and YOLO26: the end-to-end head (no NMS), or YOLOv8's grid when exported without it,
-  ``yolov10`` and ``yolo26`` with its heads.
+  ``yolov10`` and ``yolo26`` with its heads;
+- RF-DETR (``rfdetr-nano`` ... ``rfdetr-large``, ``rfdetr-seg-nano`` ... ``rfdetr-seg-2xlarge``): ``rf-detr``
+  and ``rf-detr-seg`` (names of their own, in :data:`OTHER`).
 
 A name with no decoder here is refused with the list of what is supported.
 
@@ -17,6 +19,8 @@ A name with no decoder here is refused with the list of what is supported.
 ('yolov8', 'yolov8-seg')
 >>> resolve_architecture("yolov5v2s", "object-detection"), resolve_architecture("YOLO26s-pose")
 ('yolov5', 'yolo26-pose')
+>>> resolve_architecture("rfdetr-nano", "object-detection"), resolve_architecture("rfdetr-seg-small")
+('rf-detr', 'rf-detr-seg')
 >>> task_of("yolo11n-cls"), task_of("yolov7")
 ('classification', None)
 """
@@ -59,6 +63,11 @@ FAMILIES: dict[str, Family] = {
 OTHER: dict[str, dict[str, str]] = {
     "yolact": {SEGMENT: "yolact"}, "multi-label": {CLASSIFY: "multi-label"}, "pp-ocr": {OCR: "pp-ocr"},
     "doctr": {OCR: "doctr"},
+    # RF-DETR (Roboflow's and the rfdetr package's names): one export layout for every size (tasks/detr.py)
+    "rfdetr": {DETECT: "rf-detr", SEGMENT: "rf-detr-seg"},
+    **{f"rfdetr-{size}": {DETECT: "rf-detr"} for size in ("nano", "small", "medium", "base", "large")},
+    **{f"rfdetr-seg-{size}": {SEGMENT: "rf-detr-seg"}
+       for size in ("preview", "nano", "small", "medium", "large", "xlarge", "2xlarge")},
 }
 
 # yolo / yolov, the version, an optional release (v2, v6: Roboflow's yolov5v6n), a size (n s m l x t c e b,
