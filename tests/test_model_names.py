@@ -178,3 +178,12 @@ def test_a_name_with_no_decoder_is_a_400_that_lists_what_is_supported(app, origi
         assert "Supported model types" in body["message"] and "yolov5v2s" in body["message"]
     assert "refused/1" not in [m["model_id"] for m in app.get("/model/registry").json()["models"]]
     assert not origin.counts.get("/refused.onnx"), "a refused manifest must not fetch its weights"
+
+
+def test_an_architecture_fills_the_input_a_manifest_leaves_out():
+    detr = Manifest.from_dict({**_manifest("rfdetr-nano"), "input": {"width": 384, "height": 384}})
+    assert (detr.architecture, detr.input.resize, detr.input.mean, detr.input.std) == (
+        "rf-detr", "stretch", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    said = Manifest.from_dict({**_manifest("rfdetr-nano"), "input": {"width": 384, "height": 384, "resize": "letterbox"}})
+    assert said.input.resize == "letterbox" and said.input.mean == (0.485, 0.456, 0.406)  # the manifest's word wins
+    assert Manifest.from_dict(_manifest("yolov8n")).input.mean == (0.0, 0.0, 0.0)  # YOLO: the plain defaults

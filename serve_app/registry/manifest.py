@@ -19,6 +19,7 @@ from typing import Any
 
 from serve_app.errors import ManifestError
 from serve_app.pipeline.preprocess import InputSpec, PreprocessingSpec
+from serve_app.tasks.architectures import ARCHITECTURES as ARCHITECTURE_TABLE
 from serve_app.tasks.architectures import names_by_task
 from serve_app.tasks.model_names import resolve_architecture, ultralytics_architecture
 
@@ -173,7 +174,7 @@ class Manifest:
         classes = data.get("classes")
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
             raise ManifestError("manifest 'classes' must be a non-empty list of strings")
-        raw_input = dict(data.get("input") or {})
+        raw_input = {**dict(ARCHITECTURE_TABLE[arch].input_defaults), **dict(data.get("input") or {})}
         for key in ("pad_color", "mean", "std"):
             if key in raw_input:
                 raw_input[key] = tuple(raw_input[key])

@@ -66,6 +66,8 @@ class Architecture:
     name: str
     task: str
     layouts: tuple[Layout, ...] = ()
+    # what a manifest's ``input`` means when it leaves a key out (the YOLO defaults otherwise)
+    input_defaults: tuple[tuple[str, Any], ...] = ()
 
     def fit(self, spec: "ModelSpec", shapes: Shapes) -> Decoder:
         """The decoder of the first layout the output ``shapes`` fit; ValueError saying what was expected."""
@@ -247,18 +249,21 @@ SCORES = Layout(_classes, _scores)
 DETR = Layout(_detr_boxes, _detr_outputs(masks=False))  # RF-DETR: top query/class pairs, no NMS
 DETR_SEG = Layout(_detr_instances, _detr_outputs(masks=True))
 
+# rfdetr's export expects a plain square resize of RGB in [0, 1] with ImageNet's mean and std
+RF_DETR_INPUT = (("resize", "stretch"), ("mean", (0.485, 0.456, 0.406)), ("std", (0.229, 0.224, 0.225)))
+
 TABLE: tuple[Architecture, ...] = (
     Architecture("yolov8", "object-detection", (GRID,)),
     Architecture("yolov5", "object-detection", (OBJECTNESS,)),
     # exported with end2end=False, YOLOv10 and YOLO26 write YOLOv8's grid (their one-to-many head)
     Architecture("yolov10", "object-detection", (END2END, GRID)),
     Architecture("yolo26", "object-detection", (END2END, GRID)),
-    Architecture("rf-detr", "object-detection", (DETR,)),  # tasks/detr.py
+    Architecture("rf-detr", "object-detection", (DETR,), RF_DETR_INPUT),  # tasks/detr.py
     Architecture("yolov8-seg", "instance-segmentation", (GRID_SEG,)),
     Architecture("yolov5-seg", "instance-segmentation", (OBJECTNESS_SEG,)),
     Architecture("yolo26-seg", "instance-segmentation", (END2END_SEG, GRID_SEG)),
     Architecture("yolact", "instance-segmentation", (Layout(_instances(_yolact), _five_outputs),)),
-    Architecture("rf-detr-seg", "instance-segmentation", (DETR_SEG,)),
+    Architecture("rf-detr-seg", "instance-segmentation", (DETR_SEG,), RF_DETR_INPUT),
     Architecture("yolov8-cls", "classification", (SCORES,)),
     Architecture("multi-label", "classification", (SCORES,)),
     Architecture("yolov8-pose", "keypoint-detection", (GRID_POSE,)),
