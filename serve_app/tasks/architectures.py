@@ -250,7 +250,7 @@ DETR = Layout(_detr_boxes, _detr_outputs(masks=False))  # RF-DETR: top query/cla
 DETR_SEG = Layout(_detr_instances, _detr_outputs(masks=True))
 
 # rfdetr's export expects a plain square resize of RGB in [0, 1] with ImageNet's mean and std
-RF_DETR_INPUT = (("resize", "stretch"), ("mean", (0.485, 0.456, 0.406)), ("std", (0.229, 0.224, 0.225)))
+RF_DETR_INPUT = (("resize", "stretch"), ("mean", detr.IMAGENET_MEAN), ("std", detr.IMAGENET_STD))
 
 TABLE: tuple[Architecture, ...] = (
     Architecture("yolov8", "object-detection", (GRID,)),
