@@ -50,6 +50,7 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "shapes-det/1": ("sample-shapes.jpg", "shapes scene"),
     "shapes-seg/1": ("sample-shapes.jpg", "shapes scene"),
     "shapes-det-v5/1": ("sample-shapes.jpg", "shapes scene"),
+    "shapes-det-26/1": ("sample-shapes.jpg", "shapes scene"),
     "shapes-pose/1": ("sample-triangles.jpg", "triangles"),
     "shapes-cls/1": ("sample-square.jpg", "one square"),
     "ocr/1": ("sample-text.jpg", "a line of text"),
