@@ -26,6 +26,7 @@ from serve_app.artifacts.actor import artifact_cache_handle
 from serve_app.errors import MethodNotAllowed, RouteNotFound, SchemaError
 from serve_app.http.auth import AdminAccess, ApiKey
 from serve_app.http.errors import as_serve_error
+from serve_app.http.json_response import FastJSONResponse
 from serve_app.http.parsing import MODEL_ID_HEADER, is_json, media_type, multipart_file, parse_json, read_body
 from serve_app.http.requests import MAX_IMAGES_PER_REQUEST, InferRequest, ModelRequest
 from serve_app.http.roboflow import (ROUTE_OF_TASK, TASK_ROUTES, client_registry, finish_results, from_json_body,
@@ -248,7 +249,7 @@ class Gateway:
             return Response(pictures[0], media_type="image/jpeg", headers=headers)
         bodies = finish_results(out["results"], inference_id=req.inference_id, elapsed=time.perf_counter() - started,
                                 visualizations=pictures)
-        return JSONResponse(bodies if req.batched else bodies[0], headers=headers)
+        return FastJSONResponse(bodies if req.batched else bodies[0], headers=headers)
 
     # -- model management ----------------------------------------------------------------------
     async def handle_registry(self, request: Request) -> Any:
