@@ -57,6 +57,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override the generated serve config: args.<arg>=v, <Deployment>.<option>=v (repeatable)")
     p.add_argument("--label", default="", help="name this configuration of ours (with --ours-set): results go "
                    "under ours@<label>; combine with --merge to keep the default configuration's figures")
+    p.add_argument("--ours-tree", dest="ours_tree", type=Path, default=None,
+                   help="serve another work tree's serve_app (git worktree add DIR <commit>), e.g. the code "
+                        "before a change, with --label before")
     p.add_argument("--prepare-models", type=int, default=50, help="model copies to prepare (default 50)")
     p.add_argument("--results-dir", type=Path, default=layout.RESULTS)
     p.add_argument("--keep-runs", action="store_true", help="keep each run's Ray temp folder (logs)")
@@ -72,7 +75,7 @@ def options(ns: argparse.Namespace):
 
     opts = Options(contenders=ns.contenders, variants=ns.variants, cap=ns.cap, ours_set=ns.ours_set,
                    results_dir=ns.results_dir.resolve(), keep_runs=ns.keep_runs,
-                   merge=ns.merge, label=ns.label)
+                   merge=ns.merge, label=ns.label, ours_tree=ns.ours_tree.resolve() if ns.ours_tree else None)
     if ns.quick:
         for key, value in QUICK.items():
             setattr(opts, key, value)

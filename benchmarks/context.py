@@ -42,6 +42,7 @@ class Options:
     keep_runs: bool = False
     merge: bool = False
     label: str = ""  # names a configuration of ours: results under "ours@<label>", "ours-raw@<label>"
+    ours_tree: Path | None = None  # serve this work tree's serve_app instead of this one's
     images: list[bytes] = field(default_factory=list)
 
     def servers(self) -> list[str]:
@@ -72,7 +73,7 @@ def stamp() -> str:
 def running(kind: str, workload: str, opts: Options, **kwargs: Any) -> Iterator[Any]:
     """Start ``kind`` ("ours" or "rf") for one workload, yield it, always stop it."""
     run_dir = layout.RUNS / f"{workload}-{kind}-{stamp()}"
-    server = (OurServer(run_dir, cap=opts.cap, overrides=opts.ours_set, **kwargs) if kind == "ours"
+    server = (OurServer(run_dir, cap=opts.cap, overrides=opts.ours_set, tree=opts.ours_tree, **kwargs) if kind == "ours"
               else RoboflowServer(run_dir, cap=opts.cap))
     started = time.monotonic()
     try:

@@ -30,7 +30,8 @@ PREPARED = BENCH / "prepared.json"
 
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 SERVE = ROOT / ".venv" / "bin" / "serve"
-ZOO_PYTHON = ROOT / ".venv-zoo" / "bin" / "python"
+# Ultralytics' venv for the export; BENCH_ZOO_PYTHON points elsewhere (e.g. /work/zoo-venv/bin/python)
+ZOO_PYTHON = Path(os.environ.get("BENCH_ZOO_PYTHON", ROOT / ".venv-zoo" / "bin" / "python"))
 RF_PYTHON = Path(os.environ.get("BENCH_RF_PYTHON", ROOT / ".venv-rf" / "bin" / "python"))
 SERVE_CONFIG = ROOT / "serve_config.yaml"
 

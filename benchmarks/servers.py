@@ -260,8 +260,9 @@ class OurServer:
     name = "ours"
 
     def __init__(self, run_dir: Path, *, cap: int = 8, replicas: int = 1, repositories: list[Path] | None = None,
-                 overrides: list[str] | None = None, cache_dir: Path | None = None) -> None:
+                 overrides: list[str] | None = None, cache_dir: Path | None = None, tree: Path | None = None) -> None:
         self.run_dir = run_dir
+        self.tree = tree  # another work tree whose serve_app to serve (PYTHONPATH, cwd); None: this one
         self.cap = cap
         self.replicas = replicas
         self.repositories = repositories or [layout.REPOSITORY]
@@ -299,9 +300,12 @@ class OurServer:
         env = {**os.environ, "RAY_TMPDIR": str(self.ray_tmp), "RAY_USAGE_STATS_ENABLED": "0",
                "PYTHONUNBUFFERED": "1"}
         env.pop("RAY_ADDRESS", None)
-        log(f"  starting ours: serve run {self.config_path.relative_to(layout.ROOT)} on port {self.port}")
+        if self.tree is not None:  # Ray's workers import serve_app from there, ahead of the venv's editable install
+            env["PYTHONPATH"] = os.pathsep.join([str(self.tree), *filter(None, [env.get("PYTHONPATH")])])
+        log(f"  starting ours: serve run {self.config_path.relative_to(layout.ROOT)} on port {self.port}"
+            + (f" from {self.tree}" if self.tree else ""))
         self.proc = ManagedProcess("ours", [str(layout.SERVE), "run", "--address", "local", str(self.config_path)],
-                                   cwd=layout.ROOT, env=env, log_path=self.run_dir / "serve.log",
+                                   cwd=self.tree or layout.ROOT, env=env, log_path=self.run_dir / "serve.log",
                                    marker=str(self.ray_tmp))
         waited = wait_http(self.url + "/readiness", self.proc, timeout_s, "serve run")
         return StartInfo(waited, self.url)

@@ -16,9 +16,12 @@ from benchmarks.servers import log
 from benchmarks.stats import lru_misses, ratio, round_robin, summarize, zipf
 
 
-def _summary(result: RunResult, *, raw: bool = False) -> dict[str, Any]:
+def _summary(result: RunResult, *, raw: bool = False, window_s: float | None = None) -> dict[str, Any]:
     errors = int((result.records["status"] != 200).sum())
     out = summarize(result.latencies, errors=errors, wall_s=result.wall_s)
+    if window_s:  # all clients start at one instant; count only answers completed inside the window
+        inside = int(((result.records["status"] == 200) & (result.records["end"] <= window_s)).sum())
+        out.update(window_s=window_s, answered_in_window=inside, window_throughput_rps=round(inside / window_s, 3))
     if result.error_samples:
         out["error_samples"] = result.error_samples
     preds = result.ok["predictions"]
@@ -104,7 +107,7 @@ def concurrency(opts: Options) -> dict:
                     result = run_clients([plan(target, mid, [0] * cap_per_client, opts, opts.duration_s,
                                                image_offset=c) for c in range(clients)],
                                          f"concurrency {target.name} x{clients}")
-                    levels[str(clients)] = _summary(result)
+                    levels[str(clients)] = _summary(result, window_s=opts.duration_s)
                 doc["contenders"][target.name] = levels
     write_result("concurrency", doc, opts, concurrency_ratios)
     return doc
