@@ -2,7 +2,7 @@
 side by side in one run (issue 14's CPU-box target: throughput at least 1.2x Roboflow's).
 
     git worktree add --detach /work/cpu14-before <commit before the change>
-    .venv/bin/python -m benchmarks.cpu_request_cost --before /work/cpu14-before [--rounds 1]
+    .venv/bin/python -m benchmarks.cpu_request_cost --before /work/cpu14-before [--after DIR] [--rounds 1]
         [--duration 15] [--clients 1,2,4,8,16] [--extra NAME:KEY=VALUE[,KEY=VALUE]]
 
 Each round runs the ``concurrency`` workload (benchmarks/workloads.py: closed loop, all clients
@@ -42,14 +42,14 @@ def _commit(tree: Path) -> str:
     return out.stdout.strip()
 
 
-def configurations(base: Options, before: Path, extras: list[str]) -> list[tuple[str, Options]]:
+def configurations(base: Options, before: Path, extras: list[str], after: Path | None = None) -> list[tuple[str, Options]]:
     """(name, options) for each server start of a round: rf, ours@before, ours + ours-raw, extras."""
     configs = [("rf", replace(base, contenders=["rf"])),
                ("before", replace(base, contenders=["ours"], variants=["ours"], label="before", ours_tree=before)),
-               ("after", replace(base, contenders=["ours"], variants=["ours", "ours-raw"]))]
+               ("after", replace(base, contenders=["ours"], variants=["ours", "ours-raw"], ours_tree=after))]
     for spec in extras:
         name, _, sets = spec.partition(":")
-        configs.append((name, replace(base, contenders=["ours"], variants=["ours"], label=name,
+        configs.append((name, replace(base, contenders=["ours"], variants=["ours"], label=name, ours_tree=after,
                                       ours_set=[s for s in sets.split(",") if s])))
     return configs
 
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cpu_request_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", type=Path, required=True, help="work tree of the code before the change")
+    p.add_argument("--after", type=Path, default=None,
+                   help="work tree of the code after the change (default: this one, uncommitted edits included)")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--duration", type=float, default=15.0)
     p.add_argument("--warmup", type=int, default=20)
@@ -140,11 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     base = Options(duration_s=args.duration, warmup=args.warmup, clients=args.clients, results_dir=scratch,
                    images=load_images())
     doc = metadata("cpu_request_cost", base)
-    doc["trees"] = {"after": {"path": str(layout.ROOT), "commit": _commit(layout.ROOT)},
+    after = args.after.resolve() if args.after else None
+    doc["trees"] = {"after": {"path": str(after or layout.ROOT), "commit": _commit(after or layout.ROOT)},
                     "before": {"path": str(args.before.resolve()), "commit": _commit(args.before)}}
     doc["options"] = {**doc["options"], "rounds": args.rounds, "extra": args.extra}
     rounds: list[dict[str, dict]] = []
-    configs = configurations(base, args.before.resolve(), args.extra)
+    configs = configurations(base, args.before.resolve(), args.extra, after)
     for i in range(args.rounds):
         order = configs if i % 2 == 0 else configs[::-1]
         got: dict[str, dict] = {}
