@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from serve_app.errors import SchemaError
 from serve_app.http.errors import error_response
+from serve_app.http.json_response import FastJSONResponse
 from serve_app.http.parsing import MODEL_ID_HEADER, read_body
 from serve_app.http.requests import ModelRequest
 from serve_app.http.roboflow import from_query
@@ -43,5 +44,5 @@ async def direct_infer(request: Request, model_ref: str | None, *, resolve: Call
         return error_response(exc)
     result = out["results"][0]
     result.update(inference_id=req.inference_id or str(uuid.uuid4()), time=time.perf_counter() - started)
-    return JSONResponse(result, headers={"X-Replica": out["replica"], "X-Model-Id": key.partition("@")[0],
+    return FastJSONResponse(result, headers={"X-Replica": out["replica"], "X-Model-Id": key.partition("@")[0],
                                          "Server-Timing": server_timing(out["timings"])})
