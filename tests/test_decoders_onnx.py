@@ -7,7 +7,6 @@ import hashlib
 import re
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -19,12 +18,12 @@ from serve_app.tasks.vision_model import VisionModel
 SIZE = 64  # model input; images are 128x128, so everything maps back at scale 2
 
 
-def constant_model(outputs: dict[str, np.ndarray]) -> bytes:
-    """A graph taking images [B,3,64,64] and returning the given constant tensors."""
+def constant_model(outputs: dict[str, np.ndarray], input_name: str = "images") -> bytes:
+    """A graph taking ``input_name`` [1,3,64,64] and returning the given constant tensors."""
     nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value.astype(np.float32), name + "_v"))
              for name, value in outputs.items()]
     graph = helper.make_graph(
-        nodes, "constants", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        nodes, "constants", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(v.shape)) for name, v in outputs.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from serve_app.errors import ModelLoadError
 from serve_app.pipeline.session import SessionOptions
@@ -21,23 +20,17 @@ from serve_app.tasks.masks import rle_decode
 from serve_app.tasks.params import InferenceParams
 from serve_app.tasks.vision_model import VisionModel
 from tests.conftest import DeployedApp, deploy_app, teardown_app
+from tests.test_decoders_onnx import SIZE, constant_model
 from tests.servers import OriginServer
 
 PARITY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "rfdetr_parity.json"
-SIZE, CLASSES = 64, ["circle", "square", "triangle"]  # 3 classes: labels has 4 columns, as many as dets
+CLASSES = ["circle", "square", "triangle"]  # 3 classes: labels has 4 columns, as many as dets
 DET, SEG = "object-detection", "instance-segmentation"
 
 
 def rfdetr_graph(outputs: dict[str, np.ndarray]) -> bytes:
     """A graph with RF-DETR's input (``input`` [1, 3, S, S]) returning the given constants as its outputs."""
-    nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(v.astype(np.float32), name + "_v"))
-             for name, v in outputs.items()]
-    graph = helper.make_graph(
-        nodes, "rfdetr", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(v.shape)) for name, v in outputs.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return constant_model(outputs, input_name="input")
 
 
 def manifest(data: bytes, task: str = DET, architecture: str = "rfdetr-nano", resize: str = "stretch") -> dict:
