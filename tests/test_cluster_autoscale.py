@@ -108,7 +108,9 @@ def test_added_replicas_serve_the_hot_model_and_scale_down_fails_nothing(cluster
                f"statuses so far {dict(Counter(o for *_, o, _ in results))}")
     print("\n" + summary)
     assert len(answered) >= 20, summary
-    assert all(share >= 1 / k - 0.10 for share in shares.values()), summary
+    # every replica takes a real share (the bug this guards against gave the added ones 0%); a busy
+    # 2-core CI box has measured 0.23-0.38 with three replicas
+    assert all(share >= 1 / k - 0.15 for share in shares.values()), summary
 
     # the scale-down: the background client goes on until one replica is left (and a little more)
     down_started = time.time() - t0

@@ -203,7 +203,9 @@ def test_5_metrics_show_requests_latency_loads_evictions_hits_and_memory(app, ra
     while True:  # what the earlier tests did, once Ray has exported it (every second here)
         series = scrape(ray_metrics_url)
         if total(series, "ray_serve_app_model_loads_total", model="broken/1", outcome="failed", **label) >= 2 \
-                and total(series, "ray_serve_app_model_requests_total", model="pin/1", **label) >= 2:
+                and total(series, "ray_serve_app_model_requests_total", model="pin/1", **label) >= 2 \
+                and total(series, "ray_serve_app_replica_memory_budget_bytes", device="host", **label) > 0:
+            # (the gauges come with the replica's next report: CI once scraped the counters before them)
             break
         assert time.time() < deadline, "the metrics did not show up"
         time.sleep(0.5)
