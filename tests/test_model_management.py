@@ -199,41 +199,46 @@ def total(series, name: str, **labels: str) -> float:
 def test_5_metrics_show_requests_latency_loads_evictions_hits_and_memory(app, ray_metrics_url):
     replica = ok(app, "pin/1")
     label = {"replica": replica}
-    deadline = time.time() + 20
-    while True:  # what the earlier tests did, once Ray has exported it (every second here)
-        series = scrape(ray_metrics_url)
-        if total(series, "ray_serve_app_model_loads_total", model="broken/1", outcome="failed", **label) >= 2 \
-                and total(series, "ray_serve_app_model_requests_total", model="pin/1", **label) >= 2 \
-                and total(series, "ray_serve_app_replica_memory_budget_bytes", device="host", **label) > 0:
-            # (the gauges come with the replica's next report: CI once scraped the counters before them)
-            break
-        assert time.time() < deadline, "the metrics did not show up"
-        time.sleep(0.5)
-    p = "ray_serve_app_"
-    assert total(series, p + "model_loads_total", model=HEAVY[1], tier="origin", outcome="ok", **label) == 1
-    assert total(series, p + "model_loads_total", model="big/1", outcome="refused", **label) == 1
-    assert total(series, p + "model_loads_total", model="broken/1", outcome="failed", **label) == 2
-    assert total(series, p + "model_load_latency_ms_count", tier="origin", **label) >= 4 + 1 + 3
-    assert total(series, p + "model_evictions_total", model=HEAVY[1], reason="memory", **label) == 1
-    assert total(series, p + "evicted_model_age_s_count", age="idle", **label) == \
-        total(series, p + "model_evictions_total", **label) >= 13
-    # pin/1: loaded at start-up, then hit by each of its requests (tests 4 and 5)
-    assert total(series, p + "model_cache_lookups_total", model="pin/1", result="hit", **label) == 2
-    assert total(series, p + "model_cache_lookups_total", model="pin/1", result="miss", **label) == 1
-    assert total(series, p + "model_requests_total", model="pin/1", outcome="ok", **label) == 2
-    for stage in ("queue", "decode", "preprocess", "inference", "postprocess", "total"):
-        assert total(series, p + "model_request_latency_ms_count", model="pin/1", stage=stage, **label) == 2, stage
-    assert total(series, p + "model_request_latency_ms_count", model="pin/1", stage="load_wait", **label) == 0
-    assert total(series, p + "model_cache_lookups_total", model="six/1", result="joined", **label) == 5
-    assert total(series, p + "model_cache_lookups_total", model="broken/1", result="failed", **label) == 17
-    # bounded labels: 16 model labels (pin, heavy x4, big, slow x2, six, broken, t00-t05), the rest "other"
-    models = {ls["model"] for n, ls, v in series if n == p + "model_requests_total" and ls.get("replica") == replica}
-    assert len(models - {"other"}) == 16 and "other" in models
-    assert total(series, p + "model_cache_lookups_total", model="other", result="miss", **label) == 14
-    ratio = total(series, p + "model_cache_hit_ratio", **label)
-    assert 0 < ratio < 1
-    assert total(series, p + "replica_memory_budget_bytes", device="host", **label) == BUDGET
-    used = total(series, p + "replica_memory_used_bytes", device="host", **label)
-    assert 0 < used <= BUDGET
-    assert total(series, p + "model_memory_bytes", **label) == used
-    assert total(series, p + "replica_models", **label) == 8
+
+    def check(series) -> None:
+        p = "ray_serve_app_"
+        assert total(series, p + "model_loads_total", model=HEAVY[1], tier="origin", outcome="ok", **label) == 1
+        assert total(series, p + "model_loads_total", model="big/1", outcome="refused", **label) == 1
+        assert total(series, p + "model_loads_total", model="broken/1", outcome="failed", **label) == 2
+        assert total(series, p + "model_load_latency_ms_count", tier="origin", **label) >= 4 + 1 + 3
+        assert total(series, p + "model_evictions_total", model=HEAVY[1], reason="memory", **label) == 1
+        assert total(series, p + "evicted_model_age_s_count", age="idle", **label) == \
+            total(series, p + "model_evictions_total", **label) >= 13
+        # pin/1: loaded at start-up, then hit by each of its requests (tests 4 and 5)
+        assert total(series, p + "model_cache_lookups_total", model="pin/1", result="hit", **label) == 2
+        assert total(series, p + "model_cache_lookups_total", model="pin/1", result="miss", **label) == 1
+        assert total(series, p + "model_requests_total", model="pin/1", outcome="ok", **label) == 2
+        for stage in ("queue", "decode", "preprocess", "inference", "postprocess", "total"):
+            assert total(series, p + "model_request_latency_ms_count", model="pin/1", stage=stage, **label) == 2, stage
+        assert total(series, p + "model_request_latency_ms_count", model="pin/1", stage="load_wait", **label) == 0
+        assert total(series, p + "model_cache_lookups_total", model="six/1", result="joined", **label) == 5
+        assert total(series, p + "model_cache_lookups_total", model="broken/1", result="failed", **label) == 17
+        # bounded labels: 16 model labels (pin, heavy x4, big, slow x2, six, broken, t00-t05), the rest "other"
+        models = {ls["model"] for n, ls, v in series if n == p + "model_requests_total" and ls.get("replica") == replica}
+        assert len(models - {"other"}) == 16 and "other" in models
+        assert total(series, p + "model_cache_lookups_total", model="other", result="miss", **label) == 14
+        ratio = total(series, p + "model_cache_hit_ratio", **label)
+        assert 0 < ratio < 1
+        assert total(series, p + "replica_memory_budget_bytes", device="host", **label) == BUDGET
+        used = total(series, p + "replica_memory_used_bytes", device="host", **label)
+        assert 0 < used <= BUDGET
+        assert total(series, p + "model_memory_bytes", **label) == used
+        assert total(series, p + "replica_models", **label) == 8
+
+    # what the earlier tests did, once Ray has exported all of it: its export lags the replica by a
+    # report or two, and CI has scraped counters before gauges and one counter before another, so
+    # every check is asked again of a fresh scrape until all hold (or 30 s have passed)
+    deadline = time.time() + 30
+    while True:
+        try:
+            check(scrape(ray_metrics_url))
+            return
+        except AssertionError:
+            if time.time() > deadline:
+                raise
+            time.sleep(1)
