@@ -2,8 +2,9 @@
 
     YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$PWD/.cache/yolo .venv-zoo/bin/python -m zoo.build all
 
-Steps (each can be run alone): ``data`` draws the synthetic data sets, ``train <task>`` trains a
-narrow YOLOv8 (width 0.125) for det, seg, pose or cls, ``export`` writes ONNX files and manifests
+Steps (each can be run alone): ``data`` draws the synthetic data sets (``zoo/broad_shapes.py``:
+the broad generator), ``train <task>`` trains a narrow YOLOv8 (width 0.125) for det, seg, pose or
+cls (or the YOLO26 ``det26``, ``zoo/yolo26.py``), ``export`` writes ONNX files and manifests
 into ``configs/models``, ``v5`` derives ``shapes-det-v5/1`` by an ONNX graph rewrite, ``evaluate``
 measures held-out accuracy with Ultralytics' own validator on the exported ONNX files, and
 ``reference`` records Ultralytics' predictions on the test images as JSON for the parity tests.
@@ -26,16 +27,20 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from zoo.shapes import CLASSES, Scene, draw_dominant_shape, draw_scene
+from zoo.broad_shapes import broad_scene, broad_single_shape
+from zoo.shapes import CLASSES, Scene
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("ZOO_WORK", ROOT / ".cache" / "zoo"))  # scratch: data sets and training runs
 MODELS = ROOT / "configs" / "models"
 TESTDATA = ROOT / "tests" / "data"
-IMGSZ = {"det": 640, "seg": 640, "pose": 640, "cls": 128}
+IMGSZ = {"det": 640, "seg": 640, "pose": 640, "cls": 256}
 EPOCHS = {"det": 40, "seg": 40, "pose": 40, "cls": 40}
-TRAIN_SEED, VAL_SEED, HELDOUT_SEED = 1, 2, 20261126
-N_TRAIN, N_VAL, N_CLS_TRAIN, N_CLS_VAL = 2000, 100, 3000, 150
+TRAIN_SEED, VAL_SEED, HELDOUT_SEED = 11, 12, 20261126  # 11, 12: the broad generator's data (1, 2 were the first one's)
+N_TRAIN, N_VAL, N_CLS_TRAIN, N_CLS_VAL = 4000, 100, 6000, 150
+# classification looks at the whole frame, letterboxed: a small shape off-centre is not cropped away
+CLS_INPUT = {"width": IMGSZ["cls"], "height": IMGSZ["cls"], "resize": "letterbox", "pad_color": [114, 114, 114],
+             "channel_order": "rgb", "scale": 1 / 255}
 WIDTH = 0.125
 MODEL_IDS = {"det": "shapes-det/1", "seg": "shapes-seg/1", "pose": "shapes-pose/1", "cls": "shapes-cls/1"}
 TASK_NAMES = {"det": "object-detection", "seg": "instance-segmentation", "pose": "keypoint-detection",
@@ -69,14 +74,34 @@ def _label_lines(scene: Scene, kind: str) -> list[str]:
 
 def _write_example(args: tuple[int, int, str]) -> None:
     seed, i, split = args
-    scene = draw_scene(np.random.default_rng([seed, i]))  # one generator per image: parallel and reproducible
+    rng = np.random.default_rng([seed, i])  # one generator per image: parallel and reproducible
+    scene = broad_scene(rng)
+    jpeg = cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])[1].tobytes()
     for kind in ("det", "seg", "pose"):
         img_dir = WORK / "data" / kind / "images" / split
         lbl_dir = WORK / "data" / kind / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         lbl_dir.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(img_dir / f"{i:05d}.jpg"), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        (img_dir / f"{i:05d}.jpg").write_bytes(jpeg)
         (lbl_dir / f"{i:05d}.txt").write_text("\n".join(_label_lines(scene, kind)) + "\n")
+
+
+def letterboxed(image: np.ndarray) -> np.ndarray:
+    """The classifier's input as the server makes it (``CLS_INPUT``), still BGR uint8."""
+    from serve_app.pipeline.preprocess import InputSpec, resize_to_input
+
+    spec = InputSpec(**{**CLS_INPUT, "pad_color": tuple(CLS_INPUT["pad_color"])})
+    return resize_to_input(image, spec)[0]
+
+
+def _write_cls_example(args: tuple[int, int, str]) -> None:
+    seed, i, split = args
+    rng = np.random.default_rng([seed, i])
+    name = CLASSES[i % len(CLASSES)]
+    d = WORK / "data" / "cls" / split / name
+    d.mkdir(parents=True, exist_ok=True)
+    frame = broad_single_shape(rng, name).image
+    cv2.imwrite(str(d / f"{i:05d}.jpg"), letterboxed(frame), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 96))])
 
 
 def make_data() -> None:
@@ -95,18 +120,24 @@ def make_data() -> None:
     pose = {"path": str(WORK / "data" / "pose"), "train": "images/train", "val": "images/val",
             "names": {0: "triangle"}, "kpt_shape": [3, 3], "flip_idx": [0, 2, 1]}
     (WORK / "data" / "pose.yaml").write_text(yaml.safe_dump(pose))
-    rng = np.random.default_rng(TRAIN_SEED)
-    for split, count in (("train", N_CLS_TRAIN), ("val", N_CLS_VAL)):
-        for i in tqdm(range(count), desc=f"cls {split} images", unit="img"):
-            name = CLASSES[i % len(CLASSES)]
-            d = WORK / "data" / "cls" / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(d / f"{i:05d}.jpg"), draw_dominant_shape(rng, name).image)
+    jobs = [(TRAIN_SEED, i, "train") for i in range(N_CLS_TRAIN)] + [(VAL_SEED, i, "val") for i in range(N_CLS_VAL)]
+    with Pool() as pool:
+        for _ in tqdm(pool.imap_unordered(_write_cls_example, jobs, chunksize=32), total=len(jobs),
+                      desc="cls images", unit="img"):
+            pass
+
+
+TASKS = {"det": "detect", "seg": "segment", "pose": "pose", "cls": "classify", "det26": "detect"}
+DATA = {"det": "det", "seg": "seg", "pose": "pose", "cls": "cls", "det26": "det"}  # det26 trains on det's data
 
 
 def _model_yaml(kind: str) -> Path:
     import ultralytics
 
+    if kind == "det26":
+        from zoo.yolo26 import model_yaml
+
+        return model_yaml()
     base = {"det": "yolov8.yaml", "seg": "yolov8-seg.yaml", "pose": "yolov8-pose.yaml", "cls": "yolov8-cls.yaml"}[kind]
     cfg = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg/models/v8" / base).read_text())
     cfg.pop("scales", None)
@@ -115,21 +146,56 @@ def _model_yaml(kind: str) -> Path:
         cfg.update(nc=1, kpt_shape=[3, 3])
     else:
         cfg["nc"] = len(CLASSES)
+    WORK.mkdir(parents=True, exist_ok=True)
     out = WORK / f"shapes-{kind}.yaml"
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return out
 
 
-def train(kind: str, device: str = "cpu", workers: int = 2, batch: int = 16) -> None:
-    """Train one model. The committed weights were trained with ``--device 0`` on one H100 (same seeds)."""
+def _without_polars() -> None:
+    """The GPU machine lacks polars; the trainer imports it only to copy results.csv into each
+    checkpoint, so that copy is left out there."""
+    import importlib.util
+
+    if importlib.util.find_spec("polars") is None:
+        from ultralytics.engine.trainer import BaseTrainer
+
+        BaseTrainer.read_results_csv = lambda self: {}
+
+
+def train(kind: str, device: str = "cpu", workers: int = 2, batch: int = 16, out: Path | None = None,
+          start: Path | None = None, hours: float = 0.0) -> Path:
+    """Train one model (det, seg, pose, cls or det26) and return its last.pt.
+
+    From random weights, or from ``start``'s to continue an earlier run. ``hours`` > 0 trains for
+    that long instead of ``EPOCHS`` (Ultralytics' time mode refits the epochs, the learning-rate
+    schedule and the mosaic closing after the first epoch); device time is scarce. ``out``: last.pt
+    is copied there after every epoch, so a call that runs out of time still returns weights.
+    Augmentation: Ultralytics' defaults (mosaic, scale, translate, HSV, left-right flips, which
+    keep the triangles' corner order through flip_idx), no rotation (it would break "top first"),
+    and for cls none that crops (the frame is seen whole, letterboxed, as the server sends it).
+    """
     from ultralytics import YOLO
 
-    model = YOLO(str(_model_yaml(kind)), task={"det": "detect", "seg": "segment", "pose": "pose", "cls": "classify"}[kind])
-    data = str(WORK / "data" / "cls") if kind == "cls" else str(WORK / "data" / f"{kind}.yaml")
-    extra = {"erasing": 0.0} if kind == "cls" else {}  # random erasing can cut a corner off the only shape
-    model.train(**extra, data=data, epochs=EPOCHS[kind], imgsz=IMGSZ[kind], batch=batch, workers=workers, seed=0,
-                deterministic=False, project=str(WORK / "runs"), name=kind, exist_ok=True, plots=False, val=False,
-                cache="ram", close_mosaic=10, pretrained=False, amp=False, device=device, verbose=False)
+    _without_polars()
+    began = time.time()
+
+    def copy_out(trainer) -> None:
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(trainer.last, out / "last.pt")
+        print(f"{kind}: epoch {trainer.epoch + 1}/{trainer.epochs} saved at {time.time() - began:.0f} s", flush=True)
+
+    model = YOLO(str(start or _model_yaml(kind)), task=TASKS[kind])
+    model.add_callback("on_model_save", copy_out)
+    data = str(WORK / "data" / "cls") if kind == "cls" else str(WORK / "data" / f"{DATA[kind]}.yaml")
+    extra = {"erasing": 0.0, "scale": 0.0} if kind == "cls" else {}  # nothing may cut the only shape away
+    model.train(**extra, data=data, epochs=EPOCHS[DATA[kind]], time=hours or None, imgsz=IMGSZ[DATA[kind]],
+                batch=batch, workers=workers, seed=0, deterministic=False, project=str(WORK / "runs"), name=kind,
+                exist_ok=True, plots=False, val=False, cache="ram", close_mosaic=10, pretrained=start is not None,
+                amp=False, device=device, verbose=False)
+    print(f"{kind}: trained in {time.time() - began:.0f} s", flush=True)
+    return WORK / "runs" / kind / "weights" / "last.pt"
 
 
 def _sha256(path: Path) -> str:
@@ -152,12 +218,16 @@ def write_manifest(model_id: str, task: str, architecture: str, files: dict[str,
     (MODELS / model_id / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def export(kinds: list[str] | None = None) -> None:
+def export(kinds: list[str] | None = None, runs: Path | None = None) -> None:
+    """ONNX files and manifests from ``runs/<kind>/weights/last.pt`` (or ``runs/<kind>/last.pt``,
+    as the GPU calls return them)."""
     from ultralytics import YOLO
 
+    runs = runs or WORK / "runs"
     for kind, model_id in tqdm([(k, m) for k, m in MODEL_IDS.items() if not kinds or k in kinds],
                                desc="export", unit="model"):
-        weights = WORK / "runs" / kind / "weights" / "last.pt"
+        weights = runs / kind / "weights" / "last.pt"
+        weights = weights if weights.exists() else runs / kind / "last.pt"
         onnx_path = Path(YOLO(str(weights)).export(format="onnx", imgsz=IMGSZ[kind], dynamic=True, simplify=False,
                                                     opset=17))
         dest = MODELS / model_id
@@ -165,7 +235,7 @@ def export(kinds: list[str] | None = None) -> None:
         shutil.copy(onnx_path, dest / "weights.onnx")
         size = IMGSZ[kind]
         if kind == "cls":
-            spec = {"width": size, "height": size, "resize": "center-crop", "channel_order": "rgb", "scale": 1 / 255}
+            spec = dict(CLS_INPUT)
         else:
             spec = {"width": size, "height": size, "resize": "letterbox", "pad_color": [114, 114, 114],
                     "channel_order": "rgb", "scale": 1 / 255}
@@ -225,11 +295,21 @@ if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else "all"
     if step == "data":
         make_data()
-    elif step == "train":  # train <kind> [device] [workers] [batch]
-        kind = sys.argv[2]
-        train(kind, *(sys.argv[3:4] or ["cpu"]), *[int(v) for v in sys.argv[4:6]])
-    elif step == "export":
-        export(sys.argv[2:] or None)
+    elif step == "train":
+        import argparse
+
+        p = argparse.ArgumentParser(prog="python -m zoo.build train")
+        p.add_argument("kind", choices=sorted(TASKS))
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--batch", type=int, default=16)
+        p.add_argument("--out", type=Path, help="copy last.pt here after every epoch")
+        p.add_argument("--start", type=Path, help="weights to continue from")
+        p.add_argument("--hours", type=float, default=0.0, help="train for this long instead of the epochs")
+        a = p.parse_args(sys.argv[2:])
+        train(a.kind, a.device, a.workers, a.batch, a.out, a.start, a.hours)
+    elif step == "export":  # export [RUNS_DIR [KIND...]]
+        export(sys.argv[3:] or None, Path(sys.argv[2]) if len(sys.argv) > 2 else None)
     elif step == "v5":
         derive_v5()
     elif step == "evaluate":

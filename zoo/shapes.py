@@ -101,7 +101,7 @@ def shape_polygon(class_name: str, centre: tuple[float, float], radius: float, a
     return np.stack([centre[0] + radius * np.cos(t), centre[1] + radius * np.sin(t)], axis=1).astype(np.float32)
 
 
-def _draw_shape(image: np.ndarray, shape: Shape, colour: tuple[int, int, int]) -> None:
+def draw_shape(image: np.ndarray, shape: Shape, colour: tuple[int, int, int]) -> None:
     if shape.class_name == "circle":
         cx, cy = shape.centre
         cv2.circle(image, (round(cx * 16), round(cy * 16)), round(shape.radius * 16), colour, -1, cv2.LINE_AA, shift=4)
@@ -153,7 +153,7 @@ def draw_scene(
         polygon = shape_polygon(class_name, centre, radius, float(rng.uniform(0, 2 * math.pi)))
         shapes.append(Shape(class_name, polygon, centre, float(radius)))
     for shape in shapes:
-        _draw_shape(image, shape, _distinct_colour(rng, background))
+        draw_shape(image, shape, _distinct_colour(rng, background))
     noise = rng.normal(0, rng.uniform(2, 10), image.shape)
     image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     return Scene(image, tuple(shapes))
@@ -169,7 +169,7 @@ def draw_dominant_shape(rng: np.random.Generator, class_name: str, size: int = 1
     margin = radius + 1
     centre = (float(rng.uniform(margin, size - margin)), float(rng.uniform(margin, size - margin)))
     shape = Shape(class_name, shape_polygon(class_name, centre, radius, float(rng.uniform(0, 2 * math.pi))), centre, radius)
-    _draw_shape(image, shape, _distinct_colour(rng, background))
+    draw_shape(image, shape, _distinct_colour(rng, background))
     noise = rng.normal(0, rng.uniform(2, 10), image.shape)
     image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     return Scene(image, (shape,))

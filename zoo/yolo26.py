@@ -5,14 +5,9 @@ The same data, input and classes as shapes-det/1 (``zoo/build.py``), Ultralytics
 ``end2end=True`` so the ONNX output is ``[B, 300, 6]`` (x1, y1, x2, y2, score, class), which the
 server decodes as architecture ``yolo26`` without NMS.
 
-The committed weights came from two calls on one H200 (about 9 minutes of device time were left
-to the session): ``train 0 8 16 OUT`` (its 170 s budget gave 14 epochs at ~12 s each), then
-``train 0 8 32 OUT run1/last.pt 125`` (20 more epochs from those weights at ~6 s each). One call
-of 40 epochs at batch 32 (~4 minutes there) is the plain recipe; it was not run.
+It trains beside the other shapes models, on the same broad data (``zoo/gpu_train.sh``:
+``python -m zoo.build train det26 --device 0 ...`` on the GPU machine), then:
 
-    # on the GPU machine (ultralytics carried as wheels): draw the data, train, copy last.pt to OUT;
-    # train DEVICE WORKERS BATCH [OUT [START_WEIGHTS BUDGET_S]]
-    ZOO_WORK=/tmp/zoo python -m zoo.yolo26 train 0 8 16 OUT
     # here, on the CPU (/work/zoo-venv): ONNX + manifest, held-out figures, parity reference
     YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$PWD/.cache/yolo /work/zoo-venv/bin/python -m zoo.yolo26 export PATH/last.pt
     YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$PWD/.cache/yolo /work/zoo-venv/bin/python -m zoo.yolo26 evaluate
@@ -20,16 +15,14 @@ of 40 epochs at batch 32 (~4 minutes there) is the plain recipe; it was not run.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
-from zoo.build import EPOCHS, IMGSZ, MODELS, TESTDATA, WIDTH, WORK, make_data, write_manifest
+from zoo.build import IMGSZ, MODELS, TESTDATA, WIDTH, WORK, write_manifest
 from zoo.evaluate import N_HELDOUT, _write_heldout
 from zoo.reference import CONF, IOU
 from zoo.shapes import CLASSES
@@ -55,57 +48,6 @@ def model_yaml() -> Path:
     out = WORK / "shapes-det-26.yaml"
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return out
-
-
-def _without_polars() -> None:
-    """The GPU machine lacks polars (its 54 MB runtime does not fit a device call beside the tree);
-    the trainer imports it only to copy results.csv into each checkpoint, so that copy is left out."""
-    if importlib.util.find_spec("polars") is None:
-        from ultralytics.engine.trainer import BaseTrainer
-
-        BaseTrainer.read_results_csv = lambda self: {}
-
-
-def train(device: str = "0", workers: int = 8, batch: int = 16, out: Path | None = None,
-          start: Path | None = None, budget_s: float = 170.0) -> Path:
-    """Draw the data if it is not there, train, and return last.pt (copied to ``out`` after every save).
-
-    Same data, epochs, image size and augmentation as build.py's det, from random weights or, to
-    continue an earlier run, from ``start``'s. ``budget_s`` bounds the training's wall time (device
-    time is scarce): when the epochs would not fit it, fewer are run.
-    """
-    from ultralytics import YOLO
-
-    _without_polars()
-    if not (WORK / "data" / "det.yaml").exists():
-        t = time.time()
-        make_data()
-        print(f"data drawn in {time.time() - t:.1f} s", flush=True)
-    started = time.time()
-
-    def copy_out(trainer) -> None:
-        if out is not None:
-            shutil.copy(trainer.last, out / "last.pt")
-        print(f"epoch {trainer.epoch + 1} saved at {time.time() - started:.1f} s", flush=True)
-
-    def bound(trainer) -> None:
-        # projected past the budget: Ultralytics' own time mode takes over (fewer epochs, the
-        # learning-rate schedule and the mosaic closing refitted to them, a stop when time is up)
-        elapsed = time.time() - trainer.train_time_start
-        if not trainer.args.time and elapsed * trainer.epochs / (trainer.epoch + 1) > budget_s:
-            print(f"epoch {trainer.epoch + 1} at {elapsed:.1f} s: {trainer.epochs} epochs would pass the "
-                  f"{budget_s:.0f} s budget, training for that time instead", flush=True)
-            trainer.args.time = budget_s / 3600
-
-    model = YOLO(str(start or model_yaml()), task="detect")
-    model.add_callback("on_model_save", copy_out)
-    model.add_callback("on_fit_epoch_end", bound)
-    model.train(data=str(WORK / "data" / "det.yaml"), epochs=EPOCHS["det"], imgsz=IMGSZ["det"], batch=batch,
-                workers=workers, seed=0, deterministic=False, project=str(WORK / "runs"), name=RUN_NAME,
-                exist_ok=True, plots=False, val=False, cache="ram", close_mosaic=10, pretrained=start is not None, amp=False,
-                device=device, verbose=False)
-    print(f"trained in {time.time() - started:.1f} s", flush=True)
-    return WORK / "runs" / RUN_NAME / "weights" / "last.pt"
 
 
 def _output_shape(onnx_path: Path, batch: int = 2) -> list[int]:
@@ -177,14 +119,11 @@ def record_reference() -> Path:
 
 if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else ""
-    if step == "train":  # train DEVICE WORKERS BATCH [OUT [START BUDGET_S]]
-        args = sys.argv[2:]
-        train(args[0], int(args[1]), int(args[2]), *[Path(a) for a in args[3:5]], *[float(a) for a in args[5:6]])
-    elif step == "export":  # export [weights]
+    if step == "export":  # export [weights]
         export(Path(sys.argv[2]) if len(sys.argv) > 2 else WORK / "runs" / RUN_NAME / "weights" / "last.pt")
     elif step == "evaluate":
         evaluate()
     elif step == "reference":
         record_reference()
     else:
-        raise SystemExit("usage: python -m zoo.yolo26 train|export|evaluate|reference ...")
+        raise SystemExit("usage: python -m zoo.yolo26 export|evaluate|reference ... (train: python -m zoo.build train det26)")
