@@ -15,6 +15,7 @@ from typing import Any
 from serve_app.fetch_policy import normalise_host_pattern
 
 _MIB = 1024 * 1024
+PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,21 @@ class SessionOptions:
     # benchmarks/results/gpu/gpu_session_h200.json), a session that always sees one shape plans once.
     batch_sizes: tuple[int, ...] = ()
     session_per_batch_size: bool = True
+    # Opt-in GPU features (issue 14), each ignored with a log line where it cannot apply:
+    # "fp16": the graph converted to float16 at load (pipeline/precision.py), on CUDA/TensorRT only
+    # (the CPU provider has few float16 kernels and runs them slower) unless force_precision says so.
+    precision: str = "fp32"
+    force_precision: bool = False
+    # On CUDA with batch buckets: each bucket's session captures and replays a CUDA graph, fed
+    # through fixed device buffers (pipeline/cuda_graph.py). Refused on any other provider.
+    cuda_graph: bool = False
+    # The process's sessions share one arena per device (ONNX Runtime's environment allocators)
+    # instead of one per session (pipeline/arena.py).
+    shared_arena: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"SessionOptions.precision must be one of {PRECISIONS}; got {self.precision!r}")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from serve_app.errors import ManifestError
 from serve_app.fetch_policy import FetchPolicy
-from serve_app.options import ImageLimits, SessionOptions, SourceOptions, batch_buckets
+from serve_app.options import PRECISIONS, ImageLimits, SessionOptions, SourceOptions, batch_buckets
 from serve_app.secret import Secret
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +65,9 @@ class Settings:
     batch_buckets: tuple[int, ...] = ()  # batch sizes besides 1 and max_batch_size that batches are padded to
     session_per_batch_size: bool = True  # on a GPU: one session per batch bucket (see SessionOptions)
     tensorrt_cache_dir: str | None = None  # TensorRT engines and timing caches; default: <cache_dir>/tensorrt
+    precision: str = "fp32"  # "fp16": graphs converted to float16 at load, on CUDA/TensorRT only (see SessionOptions)
+    cuda_graph: bool = False  # on CUDA: each batch bucket's session replays a CUDA graph from fixed device buffers
+    shared_arena: bool = False  # a replica's sessions share one memory arena per device instead of one each
     inference_threads: int = 0  # session calls in flight per replica; 0 = 1 on the CPU, 2 with a GPU provider
     inference_scheduler: str = "fair"  # per-model queues, one thread more (serving/scheduler.py) | "fifo": one queue
     inference_model_threads: int = 0  # fair: inference threads one model may hold at once; 0 = all but one
@@ -90,6 +93,8 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("api_key", "admin_key"):
             object.__setattr__(self, name, Secret.from_arg(getattr(self, name)))
+        if self.precision not in PRECISIONS:
+            raise ManifestError(f"precision must be one of {list(PRECISIONS)}; got {self.precision!r}")
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None = None) -> "Settings":
@@ -149,6 +154,7 @@ class Settings:
                               inter_op_threads=self.inter_op_threads,
                               batch_sizes=self.buckets if self.max_batch_size > 1 else (),
                               session_per_batch_size=self.session_per_batch_size,
+                              precision=self.precision, cuda_graph=self.cuda_graph, shared_arena=self.shared_arena,
                               tensorrt_cache_dir=self.tensorrt_cache_dir or os.path.join(self.cache_dir, "tensorrt"))
 
     @property

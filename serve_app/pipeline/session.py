@@ -1,5 +1,11 @@
 """ONNX Runtime session wrapper: built from bytes, providers from configuration, honest logs.
 
+Three opt-in GPU features (``SessionOptions``), each logged and ignored where it cannot apply:
+``precision="fp16"`` (the graph converted at load, ``pipeline/precision.py``; CUDA/TensorRT
+only), ``cuda_graph`` (each batch bucket's session replays a CUDA graph, ``pipeline/cuda_graph.py``;
+CUDA only) and ``shared_arena`` (the process's sessions share one arena per device,
+``pipeline/arena.py``).
+
 >>> # OnnxSession.from_bytes(open("w.onnx", "rb").read(), SessionOptions(providers=("CPUExecutionProvider",)))
 """
 from __future__ import annotations
@@ -14,6 +20,10 @@ import onnxruntime as ort
 
 from serve_app.errors import ModelLoadError
 from serve_app.options import SessionOptions
+from serve_app.pipeline.arena import USE_ENV_ALLOCATORS, share_allocators
+from serve_app.pipeline.cuda_graph import PROVIDER_OPTION as CUDA_GRAPH_OPTION
+from serve_app.pipeline.cuda_graph import CudaGraphRunner
+from serve_app.pipeline.precision import convert_to_fp16
 
 log = logging.getLogger(__name__)
 ort.set_default_logger_severity(3)
@@ -44,6 +54,67 @@ def _resolve_providers(wanted: tuple[Any, ...], tensorrt_cache_dir: str | None =
     return chosen, skipped
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def _name(entry: Any) -> str:
+    return entry if isinstance(entry, str) else entry[0]
+
+
+def _create(payload: bytes, so: ort.SessionOptions, providers: list[Any], label: str) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(payload, sess_options=so, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
+        raise ModelLoadError(f"{label}: ONNX Runtime cannot load the weights: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _ort_options(options: SessionOptions, shared_arena: bool) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    if not options.allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if shared_arena:
+        so.add_session_config_entry(USE_ENV_ALLOCATORS, "1")
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[options.graph_optimization]
+    return so
+
+
+def _fp16_weights(payload: bytes, options: SessionOptions, provider: str, label: str) -> bytes | None:
+    """The float16 graph when ``options`` ask for it and it applies to ``provider``; None: float32."""
+    if options.precision != "fp16":
+        return None
+    if provider not in GPU_PROVIDERS and not options.force_precision:
+        log.warning("%s: precision fp16 applies on CUDA/TensorRT only; float32 on %s (force_precision overrides)",
+                    label, provider)
+        return None
+    try:
+        return convert_to_fp16(payload)
+    except Exception as exc:  # noqa: BLE001 - the converter raises whatever onnx or its graph walk raises
+        log.warning("%s: float16 conversion failed, keeping float32: %s", label, str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+        return None
+
+
+def _with_cuda_graph(providers: list[Any]) -> list[Any]:
+    """The providers with CUDA's ``enable_cuda_graph`` on (unchanged when CUDA does not come first)."""
+    if _name(providers[0]) != "CUDAExecutionProvider":
+        return providers
+    first = providers[0]
+    opts = {} if isinstance(first, str) else dict(first[1])
+    return [("CUDAExecutionProvider", {**opts, CUDA_GRAPH_OPTION: "1"}), *providers[1:]]
+
+
+def _cuda_device(providers: list[Any]) -> int:
+    first = providers[0]
+    return 0 if isinstance(first, str) else int(first[1].get("device_id", 0))
+
+
 @dataclass
 class OnnxSession:
     """A loaded ONNX model: names and shapes of its inputs/outputs, the providers really in use."""
@@ -59,53 +130,76 @@ class OnnxSession:
     load_seconds: float = 0.0
     io_binding: bool = False
     by_batch_size: dict[int, ort.InferenceSession] = field(default_factory=dict)  # extra shape-stable sessions
+    precision: str = "fp32"  # what the graph really runs in
+    cuda_graph: CudaGraphRunner | None = None  # set when every bucket's session replays a CUDA graph
+    shared_arena: bool = False  # whether its sessions take their memory from the process's shared arenas
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview | np.ndarray, options: SessionOptions, label: str = "model") -> "OnnxSession":
         started = time.perf_counter()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = options.intra_op_threads
-        so.inter_op_num_threads = options.inter_op_threads
-        if not options.allow_spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        so.graph_optimization_level = {
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        }[options.graph_optimization]
         providers, skipped = _resolve_providers(options.providers, options.tensorrt_cache_dir)
-        payload = bytes(data) if not isinstance(data, bytes) else data
-        try:
-            session = ort.InferenceSession(payload, sess_options=so, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
-            raise ModelLoadError(f"{label}: ONNX Runtime cannot load the weights: {str(exc).splitlines()[0][:300]}") from None
-        used = session.get_providers()
         if skipped:
             log.warning("%s: providers not available in this onnxruntime build: %s", label, skipped)
-        unusable = [p if isinstance(p, str) else p[0] for p in providers]
-        unusable = [p for p in unusable if p not in used]
+        shared = bool(options.shared_arena and share_allocators(providers))
+        so = _ort_options(options, shared)
+        payload = bytes(data) if not isinstance(data, bytes) else data
+        fp16 = _fp16_weights(payload, options, _name(providers[0]), label)
+        weights = fp16 or payload
+        graphs = options.cuda_graph and cls._cuda_graph_wanted(options, _name(providers[0]), label)
+        if graphs:
+            try:
+                session = _create(weights, so, _with_cuda_graph(providers), label)
+                providers = _with_cuda_graph(providers)
+            except ModelLoadError as exc:  # a graph is recorded only when every node runs on CUDA
+                log.warning("%s: no CUDA graph (%s); plain sessions", label, exc.message)
+                graphs = False
+        if not graphs:
+            session = _create(weights, so, providers, label)
+        used = session.get_providers()
+        unusable = [p for p in (_name(p) for p in providers) if p not in used]
         if unusable:
             log.warning("%s: providers %s could not start here (no GPU or missing CUDA/TensorRT libraries); "
                         "running on %s", label, unusable, used)
-        inp = session.get_inputs()[0]
-        outs = session.get_outputs()
-        elapsed = time.perf_counter() - started
-        log.info("%s: session ready in %.0f ms on %s (asked %s)", label, elapsed * 1e3, used,
-                 [p if isinstance(p, str) else p[0] for p in options.providers])
-        meta = dict(session.get_modelmeta().custom_metadata_map)
-        on_gpu = used[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        on_gpu = used[0] in GPU_PROVIDERS
+        if fp16 is not None and not on_gpu and not options.force_precision:
+            log.warning("%s: CUDA/TensorRT did not start: float32 on %s", label, used[0])
+            fp16, weights = None, payload
+            session = _create(weights, so, providers, label)
+        graphs = graphs and used[0] == "CUDAExecutionProvider"
+        if graphs and not isinstance(session.get_inputs()[0].shape[0], int) and not options.batch_sizes:
+            log.warning("%s: cuda_graph needs a session per batch bucket (batch_sizes); ignored", label)
+            graphs = False
+            session = _create(weights, so, _resolve_providers(options.providers, options.tensorrt_cache_dir)[0], label)
+        inp, outs = session.get_inputs()[0], session.get_outputs()
         loaded = cls(session, inp.name, list(inp.shape), inp.type, [o.name for o in outs], [list(o.shape) for o in outs],
-                     used, meta, elapsed, io_binding=options.io_binding and on_gpu)
+                     used, dict(session.get_modelmeta().custom_metadata_map), io_binding=options.io_binding and on_gpu,
+                     precision="fp16" if fp16 is not None else "fp32", shared_arena=shared)
         if on_gpu and options.session_per_batch_size and loaded.dynamic_batch:
             # the main session serves batch 1 (its warm-up shape); each other bucket gets its own
             for size in sorted(set(options.batch_sizes) - {1}):
-                loaded.by_batch_size[size] = ort.InferenceSession(payload, sess_options=so, providers=providers)
+                loaded.by_batch_size[size] = _create(weights, so, providers, label)
             if loaded.by_batch_size:
                 log.info("%s: one session per batch size %s", label, [1, *loaded.by_batch_size])
+        if graphs:
+            main = 1 if loaded.dynamic_batch else int(loaded.input_shape[0])
+            loaded.cuda_graph = CudaGraphRunner({main: session, **loaded.by_batch_size}, inp.name, loaded.output_names,
+                                                _cuda_device(providers))
         loaded.load_seconds = time.perf_counter() - started
+        log.info("%s: session ready in %.0f ms on %s (asked %s)%s%s%s", label, loaded.load_seconds * 1e3, used,
+                 [_name(p) for p in options.providers], ", float16" if fp16 is not None else "",
+                 ", CUDA graphs" if graphs else "", ", shared arena" if shared else "")
         return loaded
+
+    @staticmethod
+    def _cuda_graph_wanted(options: SessionOptions, provider: str, label: str) -> bool:
+        """CUDA graphs need the CUDA provider first and (for a dynamic batch) one session per bucket."""
+        if provider != "CUDAExecutionProvider":
+            log.warning("%s: cuda_graph needs the CUDA provider; ignored on %s", label, provider)
+            return False
+        if not options.session_per_batch_size:
+            log.warning("%s: cuda_graph needs session_per_batch_size (one shape per session); ignored", label)
+            return False
+        return True
 
     @property
     def dynamic_batch(self) -> bool:
@@ -121,6 +215,8 @@ class OnnxSession:
         return [1, *self.by_batch_size]
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        if self.cuda_graph is not None:
+            return self.cuda_graph.run(tensor)
         session = self.by_batch_size.get(len(tensor), self.session)
         if not self.io_binding:
             return session.run(self.output_names, {self.input_name: tensor})
