@@ -144,15 +144,16 @@ def test_fixed_buffer_runner_pads_chunks_and_refreshes_its_input():
     sessions = {b: ort.InferenceSession(data, providers=["CPUExecutionProvider"]) for b in (1, 4)}
     name = sessions[1].get_inputs()[0].name
     runner = CudaGraphRunner(sessions, name, [o.name for o in sessions[1].get_outputs()], device="cpu")
+    spec = builtin("shapes-cls/1").manifest.input
     rng = np.random.default_rng(0)
     for n in (1, 4, 2, 1, 4, 3, 9):  # buckets, padded sizes, more than the largest bucket
-        x = rng.integers(0, 255, (n, 3, 128, 128), dtype=np.uint8)
+        x = rng.integers(0, 255, (n, 3, spec.height, spec.width), dtype=np.uint8)
         want = sessions[1].run(None, {name: x})[0]
         got = runner.run(x)[0]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-5)
     with pytest.raises(ValueError, match="replays the shape it recorded"):
-        runner.run(np.zeros((1, 3, 64, 64), np.uint8))
+        runner.run(np.zeros((1, 3, spec.height + 32, spec.width), np.uint8))
 
 
 def test_settings_carry_the_features_to_session_options():
