@@ -166,10 +166,6 @@ class OnnxSession:
             fp16, weights = None, payload
             session = _create(weights, so, providers, label)
         graphs = graphs and used[0] == "CUDAExecutionProvider"
-        if graphs and not isinstance(session.get_inputs()[0].shape[0], int) and not options.batch_sizes:
-            log.warning("%s: cuda_graph needs a session per batch bucket (batch_sizes); ignored", label)
-            graphs = False
-            session = _create(weights, so, _resolve_providers(options.providers, options.tensorrt_cache_dir)[0], label)
         inp, outs = session.get_inputs()[0], session.get_outputs()
         loaded = cls(session, inp.name, list(inp.shape), inp.type, [o.name for o in outs], [list(o.shape) for o in outs],
                      used, dict(session.get_modelmeta().custom_metadata_map), io_binding=options.io_binding and on_gpu,
@@ -192,12 +188,13 @@ class OnnxSession:
 
     @staticmethod
     def _cuda_graph_wanted(options: SessionOptions, provider: str, label: str) -> bool:
-        """CUDA graphs need the CUDA provider first and (for a dynamic batch) one session per bucket."""
+        """CUDA graphs need the CUDA provider first and one session per batch bucket: a graph replays
+        one shape. Sessions built without buckets (OCR's, whose pages vary in size) get none."""
         if provider != "CUDAExecutionProvider":
             log.warning("%s: cuda_graph needs the CUDA provider; ignored on %s", label, provider)
             return False
-        if not options.session_per_batch_size:
-            log.warning("%s: cuda_graph needs session_per_batch_size (one shape per session); ignored", label)
+        if not (options.batch_sizes and options.session_per_batch_size):
+            log.info("%s: no batch buckets (batch_sizes, session_per_batch_size): no CUDA graph", label)
             return False
         return True
 
