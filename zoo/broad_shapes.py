@@ -14,8 +14,9 @@ low-frequency textures, crossed by lines and curves both under and over the shap
   its area visible (labels are the whole shape's outline, as an annotator draws a box);
 - blur, sensor noise, and (chosen by the writer) JPEG quality.
 
-``broad_single_shape`` draws a classification frame: one shape anywhere in a non-square frame,
-which the classifier sees letterboxed whole (nothing cropped away).
+``broad_single_shape`` draws a classification frame: one shape anywhere in a frame of 1:3 to 3:1,
+from small to filling the short side, which the classifier sees letterboxed whole (nothing cropped
+away).
 
 >>> scene = broad_scene(np.random.default_rng(0))
 >>> h, w = scene.image.shape[:2]
@@ -111,9 +112,11 @@ def _lines(image: np.ndarray, rng: np.random.Generator, count: int, max_width: i
                         colour, width, cv2.LINE_AA)
 
 
-def diameter(rng: np.random.Generator, short_side: int, smallest: float = MIN_DIAMETER) -> float:
-    """A shape's diameter: half log-uniform (small shapes common), half uniform, in [smallest, 0.45 short]."""
-    largest = max(smallest + 1.0, MAX_DIAMETER_OF_SHORT_SIDE * short_side)
+def diameter(rng: np.random.Generator, short_side: int, smallest: float = MIN_DIAMETER,
+             largest: float = MAX_DIAMETER_OF_SHORT_SIDE) -> float:
+    """A shape's diameter: half log-uniform (small shapes common), half uniform, from ``smallest``
+    pixels to ``largest`` of the short side."""
+    largest = max(smallest + 1.0, largest * short_side)
     if rng.random() < 0.5:
         return float(math.exp(rng.uniform(math.log(smallest), math.log(largest))))
     return float(rng.uniform(smallest, largest))
@@ -179,12 +182,13 @@ def broad_scene(rng: np.random.Generator, *, max_shapes: int = 8, size: tuple[in
 
 
 def broad_single_shape(rng: np.random.Generator, class_name: str, *, long_side: tuple[int, int] = (240, 1280),
-                       max_aspect: float = 3.0) -> Scene:
-    """A classification frame: one ``class_name`` shape anywhere, 4% of the long side up to 0.45 of the short."""
+                       max_aspect: float = 3.0, largest: float = 0.9) -> Scene:
+    """A classification frame: one ``class_name`` shape anywhere, from 4% of the long side up to
+    ``largest`` of the short one (a photo of one shape may be filled by it)."""
     w, h = frame_size(rng, long_side, max_aspect)
     image = np.clip(background(rng, w, h), 0, 255).astype(np.uint8)
     _lines(image, rng, int(rng.integers(0, 7)), 4)
-    d = diameter(rng, min(w, h), smallest=max(MIN_DIAMETER, 0.04 * max(w, h)))
+    d = diameter(rng, min(w, h), smallest=max(MIN_DIAMETER, 0.04 * max(w, h)), largest=largest)
     d = min(d, min(w, h) - 4.0)
     radius = d / 2
     centre = (float(rng.uniform(radius + 1, w - radius - 1)), float(rng.uniform(radius + 1, h - radius - 1)))

@@ -11,6 +11,21 @@ measures held-out accuracy with Ultralytics' own validator on the exported ONNX 
 Needs torch, torchvision and ultralytics (see ``zoo/requirements.txt``); the server does not.
 Progress: tqdm bars (with ETAs) while the data sets are drawn and the models exported; ``all``
 logs each step as ``[i/n]`` with the time so far; Ultralytics shows its own bar per epoch.
+
+How the committed weights were made (device time is 30 minutes a session, so in time-bounded
+calls of ``zoo/gpu_train.sh`` on one H200, all kinds side by side; the CPU does the rest):
+
+1. ``bash zoo/gpu_train.sh OUT 0.12``: 0.12 h each from random weights. det 25 epochs (kept:
+   ``shapes-det/1``, and ``shapes-det-v5/1`` derived from it), seg 11, pose 24, det26 20; cls
+   stayed at chance (RandAugment's black wedges, since turned off) and was dropped.
+2. ``KINDS="seg pose det26 cls" WORKERS=4 bash zoo/gpu_train.sh OUT 0.125 ROUND1``: seg +14,
+   pose +33 (with the corner sigmas above; kept), det26 +24 (kept), cls 37 epochs from round 1's
+   det backbone on frames whose shape reached 0.45 of the short side.
+3. ``KINDS=seg WORKERS=14 bash zoo/gpu_train.sh OUT 0.1 ROUND2``: seg +24 (kept).
+4. On the CPU: cls 6 epochs more from step 2's weights on 3,000 frames of the final
+   ``broad_single_shape`` (shapes up to 0.9 of the short side: the frame-filling photos step 2
+   never saw), i.e. ``train("cls", "cpu", 2, 32, start=...)`` with ``N_CLS_TRAIN = 3000`` and
+   ``EPOCHS["cls"] = 6`` (kept).
 """
 from __future__ import annotations
 
@@ -118,7 +133,10 @@ def make_data() -> None:
                 "names": dict(enumerate(CLASSES))}
         (WORK / "data" / f"{kind}.yaml").write_text(yaml.safe_dump(data))
     pose = {"path": str(WORK / "data" / "pose"), "train": "images/train", "val": "images/val",
-            "names": {0: "triangle"}, "kpt_shape": [3, 3], "flip_idx": [0, 2, 1]}
+            "names": {0: "triangle"}, "kpt_shape": [3, 3], "flip_idx": [0, 2, 1],
+            # corners are exact points: Ultralytics' default for a custom skeleton (1/3 each) makes
+            # the keypoint loss all but flat for errors of a few pixels
+            "kpt_oks_sigmas": [0.05, 0.05, 0.05]}
     (WORK / "data" / "pose.yaml").write_text(yaml.safe_dump(pose))
     jobs = [(TRAIN_SEED, i, "train") for i in range(N_CLS_TRAIN)] + [(VAL_SEED, i, "val") for i in range(N_CLS_VAL)]
     with Pool() as pool:
@@ -164,12 +182,15 @@ def _without_polars() -> None:
 
 
 def train(kind: str, device: str = "cpu", workers: int = 2, batch: int = 16, out: Path | None = None,
-          start: Path | None = None, hours: float = 0.0) -> Path:
+          start: Path | None = None, hours: float = 0.0, init: Path | None = None) -> Path:
     """Train one model (det, seg, pose, cls or det26) and return its last.pt.
 
     From random weights, or from ``start``'s to continue an earlier run. ``hours`` > 0 trains for
     that long instead of ``EPOCHS`` (Ultralytics' time mode refits the epochs, the learning-rate
-    schedule and the mosaic closing after the first epoch); device time is scarce. ``out``: last.pt
+    schedule and the mosaic closing after the first epoch); device time is scarce. ``init``: weights
+    of another kind whose layers of the same name and shape start this model (the classifier starts
+    from the detector's backbone: from random weights it never left chance on the broad frames,
+    where a shape can be 10 px of a 256 px input). ``out``: last.pt
     is copied there after every epoch, so a call that runs out of time still returns weights.
     Augmentation: Ultralytics' defaults (mosaic, scale, translate, HSV, left-right flips, which
     keep the triangles' corner order through flip_idx), no rotation (it would break "top first"),
@@ -189,10 +210,13 @@ def train(kind: str, device: str = "cpu", workers: int = 2, batch: int = 16, out
     model = YOLO(str(start or _model_yaml(kind)), task=TASKS[kind])
     model.add_callback("on_model_save", copy_out)
     data = str(WORK / "data" / "cls") if kind == "cls" else str(WORK / "data" / f"{DATA[kind]}.yaml")
-    extra = {"erasing": 0.0, "scale": 0.0} if kind == "cls" else {}  # nothing may cut the only shape away
+    # nothing may cut the only shape away or draw new edges (RandAugment's shears and rotations fill
+    # wedges of black, which look like triangles in every class)
+    extra = {"erasing": 0.0, "scale": 0.0, "auto_augment": None} if kind == "cls" else {}
     model.train(**extra, data=data, epochs=EPOCHS[DATA[kind]], time=hours or None, imgsz=IMGSZ[DATA[kind]],
                 batch=batch, workers=workers, seed=0, deterministic=False, project=str(WORK / "runs"), name=kind,
-                exist_ok=True, plots=False, val=False, cache="ram", close_mosaic=10, pretrained=start is not None,
+                exist_ok=True, plots=False, val=False, cache="ram", close_mosaic=10,
+                pretrained=str(init) if init else start is not None,
                 amp=False, device=device, verbose=False)
     print(f"{kind}: trained in {time.time() - began:.0f} s", flush=True)
     return WORK / "runs" / kind / "weights" / "last.pt"
@@ -306,8 +330,9 @@ if __name__ == "__main__":
         p.add_argument("--out", type=Path, help="copy last.pt here after every epoch")
         p.add_argument("--start", type=Path, help="weights to continue from")
         p.add_argument("--hours", type=float, default=0.0, help="train for this long instead of the epochs")
+        p.add_argument("--init", type=Path, help="another kind's weights to start matching layers from")
         a = p.parse_args(sys.argv[2:])
-        train(a.kind, a.device, a.workers, a.batch, a.out, a.start, a.hours)
+        train(a.kind, a.device, a.workers, a.batch, a.out, a.start, a.hours, a.init)
     elif step == "export":  # export [RUNS_DIR [KIND...]]
         export(sys.argv[3:] or None, Path(sys.argv[2]) if len(sys.argv) > 2 else None)
     elif step == "v5":

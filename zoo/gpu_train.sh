@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train every shapes model at once on the lent GPU machine (one H200, 16 cores), bounded in time.
 #
-#   bash zoo/gpu_train.sh OUT HOURS [START_DIR]
+#   [KINDS="det seg pose det26 cls"] bash zoo/gpu_train.sh OUT HOURS [START_DIR]
 #
 # Ultralytics' wheels (ultralytics, ultralytics-thop, ultralytics-platform) are carried in
 # .gpu-zoo/whl and installed into /tmp/site; torch, torchvision, OpenCV, NumPy and SciPy are the
@@ -9,7 +9,8 @@
 # det, seg, pose, cls and det26 (YOLO26) then train side by side for HOURS each (Ultralytics' time
 # mode), from START_DIR/<kind>/last.pt when given (a second call continues the first's weights),
 # each copying last.pt into OUT/<kind>/ after every epoch, so a call that is cut short still
-# returns weights. OUT/machine.txt records the machine; OUT/<kind>/train.log each run's output.
+# returns weights; cls starts instead from START_DIR/det/last.pt's backbone (from random weights it
+# stays at chance on the broad frames). OUT/machine.txt records the machine; OUT/<kind>/train.log each run's output.
 set -u
 OUT=$1
 HOURS=$2
@@ -33,20 +34,24 @@ if [ ! -f /tmp/zoo/data/det.yaml ] || [ ! -d /tmp/zoo/data/cls/train ]; then
   echo "data drawn in $(( $(date +%s) - began )) s"
 fi
 declare -A BATCH=([det]=32 [seg]=32 [pose]=32 [det26]=32 [cls]=128)
-for kind in det seg pose det26 cls; do
+KINDS=${KINDS:-det seg pose det26 cls}
+for kind in $KINDS; do
   mkdir -p "$OUT/$kind"
   start=()
   for f in "$START/$kind/last.pt" "$START/$kind/weights/last.pt"; do
     if [ -n "$START" ] && [ -f "$f" ]; then start=(--start "$f"); break; fi
   done
-  python3 -m zoo.build train "$kind" --device 0 --workers 3 --batch "${BATCH[$kind]}" --out "$OUT/$kind" \
+  if [ "$kind" = cls ] && [ -n "$START" ] && [ -f "$START/det/last.pt" ]; then
+    start=(--init "$START/det/last.pt")  # the classifier starts from the first call's detector backbone
+  fi
+  python3 -m zoo.build train "$kind" --device 0 --workers "${WORKERS:-3}" --batch "${BATCH[$kind]}" --out "$OUT/$kind" \
     --hours "$HOURS" "${start[@]}" > "$OUT/$kind/train.log" 2>&1 &
 done
 while [ -n "$(jobs -r)" ]; do
   sleep 30
-  for kind in det seg pose det26 cls; do
+  for kind in $KINDS; do
     printf '%s: %s\n' "$kind" "$(grep -a 'saved at\|trained in\|Error' "$OUT/$kind/train.log" | tail -1)"
   done
 done
 wait
-for kind in det seg pose det26 cls; do tail -3 "$OUT/$kind/train.log"; done
+for kind in $KINDS; do tail -3 "$OUT/$kind/train.log"; done

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from zoo.shapes import CLASSES, Scene, draw_dominant_shape, draw_scene
+from zoo.broad_shapes import broad_scene, broad_single_shape
+from zoo.shapes import CLASSES, Scene, draw_scene
 
 HELDOUT_SEED = 20261126
 # Sizes chosen to exercise letterboxing: wide, tall, square, small and large.
@@ -16,13 +17,15 @@ TEST_IMAGE_SIZES = [(640, 480), (480, 640), (1000, 400), (360, 900), (512, 512),
 
 
 def heldout_scenes(count: int, seed: int = HELDOUT_SEED) -> list[Scene]:
+    """Scenes of the training generator (``zoo/broad_shapes.py``) drawn with a seed training never used."""
     rng = np.random.default_rng(seed)
-    return [draw_scene(rng) for _ in range(count)]
+    return [broad_scene(rng) for _ in range(count)]
 
 
 def heldout_cls_scenes(count: int, seed: int = HELDOUT_SEED) -> list[Scene]:
+    """Classification frames of the training generator: one shape anywhere in a frame of 1:3 to 3:1."""
     rng = np.random.default_rng(seed)
-    return [draw_dominant_shape(rng, CLASSES[i % len(CLASSES)]) for i in range(count)]
+    return [broad_single_shape(rng, CLASSES[i % len(CLASSES)]) for i in range(count)]
 
 
 def scene_truth(scene: Scene) -> list[dict]:

@@ -6,7 +6,7 @@ import json
 import cv2
 import numpy as np
 
-from zoo.build import MODELS, TESTDATA
+from zoo.build import IMGSZ, MODELS, TESTDATA, letterboxed
 from zoo.heldout import heldout_cls_scenes, write_test_images
 
 CONF, IOU = 0.25, 0.7
@@ -37,10 +37,14 @@ def record_all() -> None:
     cls_dir.mkdir(parents=True, exist_ok=True)
     model = YOLO(str(MODELS / "shapes-cls/1" / "weights.onnx"), task="classify")
     per_image = {}
+    for old in cls_dir.glob("cls*.png"):
+        old.unlink()
     for i, scene in enumerate(heldout_cls_scenes(6)):
+        # stored letterboxed: Ultralytics' classify predictor (resize + centre crop) then sees what the
+        # server's letterbox makes of the frame, so the two compare the model, not two preprocessings
         p = cls_dir / f"cls{i}_{scene.shapes[0].class_name}.png"
-        cv2.imwrite(str(p), scene.image)
-        r = model.predict(str(p), imgsz=128, verbose=False)[0]
+        cv2.imwrite(str(p), letterboxed(scene.image))
+        r = model.predict(str(p), imgsz=IMGSZ["cls"], verbose=False)[0]
         per_image[p.name] = {"top": int(r.probs.top1), "probs": r.probs.data.numpy().round(5).tolist()}
     reference["models"]["shapes-cls/1"] = per_image
     out = TESTDATA / "reference" / "ultralytics.json"
