@@ -27,6 +27,8 @@ from tests.conftest import ROOT, DeployedApp, deploy_app, teardown_app
 MODELS = ROOT / "configs" / "models"
 GREY_640 = {"auto-orient": {"enabled": True}, "resize": {"enabled": True, "format": "Fit (grey edges) in",
                                                          "width": 640, "height": 640}}
+GREY_256 = {"auto-orient": {"enabled": True}, "resize": {"enabled": True, "format": "Fit (grey edges) in",
+                                                         "width": 256, "height": 256}}
 CROP_128 = {"auto-orient": {"enabled": True}, "resize": {"enabled": True, "format": "Fill (with center crop) in",
                                                          "width": 128, "height": 128}}
 POSE_POINTS = ["top", "second_clockwise", "third_clockwise"]
@@ -90,7 +92,7 @@ def write_shapes_cache(cache: Path) -> dict[str, str]:
         "shapes-dataset/5": ("shapes-det-v5/1", "object-detection", "yolov5v6n", GREY_640),
         "shapes-dataset-seg/2": ("shapes-seg/1", "instance-segmentation", "yolov8n", GREY_640),
         "triangle-corners/1": ("shapes-pose/1", "keypoint-detection", "yolov8n-pose", GREY_640),
-        "dominant-shape/4": ("shapes-cls/1", "classification", "yolov8n", CROP_128),
+        "dominant-shape/4": ("shapes-cls/1", "classification", "yolov8n", GREY_256),
     }
     for rf_id, (native, task, model_type, pre) in copies.items():
         manifest, weights = built_in(native)
