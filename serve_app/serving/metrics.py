@@ -126,6 +126,14 @@ class ReplicaMetrics(CacheEvents):
         self.evicted_age.observe(resident_s, tags={"age": "resident"})
         self.evicted_age.observe(idle_s, tags={"age": "idle"})
 
+    def refresh(self) -> None:
+        """Set every gauge again to its current value. Called with each heartbeat: a gauge set once
+        (the budget at start-up, the hit ratio at the last lookup) went missing from Ray's export in
+        CI while the counters beside it were there."""
+        if self._lookups:
+            self.hit_ratio.set(self._hits / self._lookups)
+        self.changed()
+
     def changed(self) -> None:
         cache = self._cache
         if cache is None:

@@ -395,6 +395,7 @@ class ModelServerCore:
 
     def _report(self) -> None:
         self.registry.report_replica.remote(self.replica_id, self.state())
+        self.metrics.refresh()
 
     def routing_stats(self) -> dict:
         return routing_stats(self.cache.describe(), self.rates.top(RATES_REPORTED), self.busy.utilization())
