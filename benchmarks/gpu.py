@@ -135,6 +135,10 @@ VARIANTS = {
     # cuDNN limited to its default workspace (onnxruntime lets it take the maximum by default)
     "haproxy-small-workspace": {"env": HAPROXY, "args": {"providers": [
         ["CUDAExecutionProvider", {"cudnn_conv_use_max_workspace": "0"}], "CPUExecutionProvider"]}},
+    # the opt-in GPU session features (issue 14): float16 graphs, a CUDA graph per batch bucket,
+    # one arena for all of a replica's sessions
+    "haproxy-fp16-graph": {"env": HAPROXY, "args": {"precision": "fp16", "cuda_graph": True, "shared_arena": True}},
+    "haproxy-fp16": {"env": HAPROXY, "args": {"precision": "fp16", "shared_arena": True}},
     # the same config behind Ray's Python proxy (a plain `serve run`)
     "proxy": {},
     # the replicas as the HTTP ingress, no gateway (no alias resolution before routing, no affinity)
@@ -170,56 +174,109 @@ def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int
                           marker=str(work / "ray"))
 
 
-def _client(url: str, models: list[str], bodies: list[bytes], workers: int, duration: float, q) -> None:
+def request_bodies(style: str, models: list[str], images: list[bytes], extra: dict) -> list[tuple[str, bytes]]:
+    """(model id, body) pairs a load process cycles through: the JPEG itself for the raw route
+    (the id goes in the header), else a Roboflow-style JSON body with the image in base64."""
+    import base64
+
+    pairs = []
+    for i in range(len(models) * len(images)):
+        model, image = models[i % len(models)], images[i % len(images)]
+        if style == "raw":
+            pairs.append((model, image))
+        else:
+            body = {"model_id": model, "image": {"type": "base64", "value": base64.b64encode(image).decode()}, **extra}
+            pairs.append((model, json.dumps(body).encode()))
+    return pairs
+
+
+def _client(target: dict, models: list[str], images: list[bytes], workers: int, duration: float,
+            ready, go, go_at, q) -> None:
+    """One load process: ``workers`` closed-loop asyncio clients, all sending from the shared
+    instant ``go_at`` until ``go_at + duration``; every request's (start, end, status) relative to
+    that instant goes back, with a sample of Server-Timing headers."""
     import aiohttp
 
+    pairs = request_bodies(target["style"], models, images, target.get("extra", {}))
+    json_body = target["style"] != "raw"
+
     async def main() -> None:
-        lat: list[float] = []
-        stages: list[str] = []  # Server-Timing headers, parsed by the parent
-        errors = 0
-        end = time.time() + duration
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        records: list[tuple[float, float, int]] = []
+        stages: list[str] = []
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                         timeout=aiohttp.ClientTimeout(total=60)) as s:
+            ready.release()
+            while not go.is_set():
+                await asyncio.sleep(0.002)
+            t0 = go_at.value
+            while time.monotonic() < t0:
+                await asyncio.sleep(0.001)
+            end_at = t0 + duration
+
             async def worker(k: int) -> None:
-                nonlocal errors
-                while time.time() < end:
-                    t = time.perf_counter()
+                while time.monotonic() < end_at:
+                    model, body = pairs[k % len(pairs)]
+                    headers = ({"Content-Type": "application/json"} if json_body else
+                               {"serve_multiplexed_model_id": model, "Content-Type": "image/jpeg"})
+                    start = time.monotonic()
                     try:
-                        async with s.post(url, data=bodies[k % len(bodies)],
-                                          headers={"serve_multiplexed_model_id": models[k % len(models)]}) as r:
+                        async with s.post(target["url"], data=body, headers=headers) as r:
                             await r.read()
-                            ok = r.status == 200
-                            if ok:
+                            status = r.status
+                            if status == 200 and len(stages) < 2000:
                                 stages.append(r.headers.get("Server-Timing", ""))
-                    except aiohttp.ClientError:
-                        ok = False
-                    if ok:
-                        lat.append(time.perf_counter() - t)
-                    else:
-                        errors += 1
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                        status = -1
+                    records.append((start - t0, time.monotonic() - t0, status))
                     k += workers
             await asyncio.gather(*(worker(i) for i in range(workers)))
-        q.put((lat, errors, stages[::max(1, len(stages) // 500)]))
+        q.put((records, stages[::max(1, len(stages) // 250)]))
 
     asyncio.run(main())
 
 
-def drive(url: str, models: list[str], bodies: list[bytes], clients: int, duration: float) -> dict:
+def window_summary(records: list[tuple[float, float, int]], duration: float) -> dict:
+    """Throughput and latency of the answers completed inside the window [0, duration] (times
+    relative to the shared start): answers that end after it are in flight at its close and count
+    neither as answers nor as errors.
+
+    >>> s = window_summary([(0.0, 0.5, 200), (0.5, 0.9, 200), (0.9, 1.2, 200), (0.1, 0.3, 503)], 1.0)
+    >>> s["answers"], s["errors"], s["req_per_s"], s["late"], s["p50_ms"]
+    (2, 1, 2.0, 1, 450.0)
+    """
+    inside = [(a, b, st) for a, b, st in records if b <= duration]
+    lat = [b - a for a, b, st in inside if st == 200]
+    return {"answers": len(lat), "errors": sum(1 for *_, st in inside if st != 200),
+            "late": len(records) - len(inside), "req_per_s": len(lat) / duration,
+            "p50_ms": _pct(lat, 50) * 1e3, "p99_ms": _pct(lat, 99) * 1e3}
+
+
+def drive(target: dict, models: list[str], images: list[bytes], clients: int, duration: float) -> dict:
+    """``clients`` closed-loop clients in up to 8 processes, all started at one instant; only the
+    answers completed inside the window count."""
+    ctx = mp.get_context("spawn")
     procs_n = min(clients, 8)
     per = [clients // procs_n + (1 if i < clients % procs_n else 0) for i in range(procs_n)]
-    q = mp.get_context("spawn").Queue()
-    procs = [mp.get_context("spawn").Process(target=_client, args=(url, models, bodies, w, duration, q)) for w in per]
-    t = time.time()
+    ready, go, go_at, q = ctx.Semaphore(0), ctx.Event(), ctx.Value("d", 0.0), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(target, models, images, w, duration, ready, go, go_at, q), daemon=True)
+             for w in per]
     for p in procs:
         p.start()
-    results = [q.get(timeout=duration + 120) for _ in procs]
-    for p in procs:
-        p.join(10)
-    wall = time.time() - t - 1.0  # process start
-    lat = [x for r in results for x in r[0]]
-    errors = sum(r[1] for r in results)
-    return {"clients": clients, "models": len(models), "requests": len(lat), "errors": errors,
-            "req_per_s": len(lat) / duration, "p50_ms": _pct(lat, 50) * 1e3, "p99_ms": _pct(lat, 99) * 1e3,
-            "wall_s": wall, "server_timing_p50_ms": stage_medians([h for r in results for h in r[2]])}
+    try:
+        for _ in procs:
+            if not ready.acquire(timeout=120):
+                raise RuntimeError("a load process did not start in 120 s")
+        go_at.value = time.monotonic() + 0.1
+        go.set()
+        results = [q.get(timeout=duration + 120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+    records = [r for res in results for r in res[0]]
+    return {"target": target["name"], "clients": clients, "models": len(models), **window_summary(records, duration),
+            "server_timing_p50_ms": stage_medians([h for res in results for h in res[1]])}
 
 
 def stage_medians(headers: list[str]) -> dict[str, float]:
@@ -238,7 +295,64 @@ def stage_medians(headers: list[str]) -> dict[str, float]:
     return {name: round(float(np.median(v)), 2) for name, v in seen.items()}
 
 
+TARGETS = ("ours-raw", "ours-json", "rf-json")
+
+
+def targets(names: list[str], ours_url: str, rf_url: str | None) -> list[dict]:
+    """The routes a sweep drives: ours with the JPEG as the body (model id in the header), ours and
+    Roboflow Inference on the same Roboflow-style JSON route with the same body."""
+    from benchmarks.servers import INFER_PARAMS
+
+    query = "&".join(f"{k}={v}" for k, v in INFER_PARAMS.items())
+    extra = {"api_key": "dummy", **INFER_PARAMS}
+    table = {"ours-raw": {"name": "ours-raw", "url": f"{ours_url}/infer?{query}", "style": "raw"},
+             "ours-json": {"name": "ours-json", "url": ours_url + "/infer/object_detection", "style": "json",
+                           "extra": extra}}
+    if rf_url:
+        table["rf-json"] = {"name": "rf-json", "url": rf_url + "/infer/object_detection", "style": "json",
+                            "extra": extra}
+    return [table[n] for n in names if n in table]
+
+
+RF_MODEL = "bench/1"
+
+
+def start_roboflow(work: Path, onnx_path: Path, rf_site: Path, port: int, python: str) -> ManagedProcess:
+    """Roboflow Inference (classic ONNX path, CUDA provider, one uvicorn worker as its GPU image
+    runs it) with ``onnx_path`` as model ``bench/1`` in a cache written the way it writes one.
+    Its packages come from ``rf_site`` ahead of ours (its own fastapi and pydantic); onnxruntime-gpu
+    from ours."""
+    from benchmarks.models import write_roboflow_model
+
+    cache, scratch = work / "rf-cache", work / "rf"
+    write_roboflow_model(cache, RF_MODEL, onnx_path, [f"c{i}" for i in range(80)])
+    for static in ("static", "_next/static"):  # the app mounts both, relative to the working folder
+        (scratch / "inference" / "landing" / "out" / static).mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(rf_site), os.environ.get("PYTHONPATH", "")]),
+           "HOME": str(scratch), "OFFLINE_MODE": "true", "MODEL_CACHE_DIR": str(cache), "DISK_CACHE_CLEANUP": "False",
+           "USE_INFERENCE_MODELS": "False", "MAX_ACTIVE_MODELS": "8", "METRICS_ENABLED": "False",
+           "ENABLE_STREAM_API": "False", "LOG_LEVEL": "WARNING", "NUM_WORKERS": "1",
+           "ONNXRUNTIME_EXECUTION_PROVIDERS": "[CUDAExecutionProvider,CPUExecutionProvider]"}
+    return ManagedProcess("rf", [python, str(ROOT / "benchmarks" / "rf_server.py"), "--port", str(port)],
+                          cwd=scratch, env=env, log_path=work / "rf.log")
+
+
+def gpu_memory_by_pid() -> dict[int, float]:
+    """MiB of GPU memory per process, as nvidia-smi lists compute processes."""
+    from benchmarks.gpu_machine import command_output
+
+    out = command_output(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
+    used: dict[int, float] = {}
+    for line in (out or "").splitlines():
+        pid, _, mib = line.partition(",")
+        if pid.strip().isdigit() and mib.strip().replace(".", "").isdigit():
+            used[int(pid)] = float(mib)
+    return used
+
+
 def main() -> None:
+    from benchmarks.gpu_machine import machine
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--onnx", type=Path, required=True)
     ap.add_argument("--images", type=Path, required=True)
@@ -251,18 +365,26 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=1, help="GPUs the replicas spread over (each gets gpus/replicas)")
     ap.add_argument("--replica-max-ongoing", type=int, default=32,
                     help="ModelServer max_ongoing_requests: past it a hot model spills onto more replicas")
-    ap.add_argument("--variants", default="haproxy,proxy", help=f"comma-separated, of {sorted(VARIANTS)}")
-    ap.add_argument("--clients", default="1,8,32,64,128,256")
-    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--variants", default="haproxy", help=f"comma-separated, of {sorted(VARIANTS)}")
+    ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {TARGETS}")
+    ap.add_argument("--rf-site", type=Path, default=Path("/tmp/rfsite"),
+                    help="folder holding Roboflow Inference's packages (rf-json target)")
+    ap.add_argument("--rf-python", default=sys.executable, help="the interpreter Roboflow Inference runs under")
+    ap.add_argument("--clients", default="1,8,32,128,256")
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--spread", action="store_true", help="also spread the best level over 3 and 12 models")
     ap.add_argument("--cpu", action="store_true", help="dry run on a machine without a GPU")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     result_path = args.out / "gpu.json"
-    result: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(os.environ.get("GIT_COMMIT")),
+                    "load_generator": "8 processes of asyncio clients, all released at one instant; answers "
+                                      "completed inside the window counted; they share the cores with the servers"}
 
     def save() -> None:
         result_path.write_text(json.dumps(result, indent=1))
 
+    save()
     images = [p.read_bytes() for p in sorted(args.images.glob("*.jpg"))]
     steps = args.steps.split(",")
     if "raw" in steps:
@@ -283,58 +405,92 @@ def main() -> None:
         serve_variant(args, name, ids, images, result["server"][name], save)
 
 
+def _wait_ready(url: str, proc: ManagedProcess, what: str, timeout_s: float = 240) -> None:
+    import requests
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.time() > deadline or not proc.alive():
+            raise RuntimeError(f"{what} did not start:\n" + proc.tail(60))
+        time.sleep(1)
+
+
 def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: list[bytes], out: dict, save) -> None:
-    """One server variant: start it, warm 12 models, sweep clients, spread over 3 and 12 models,
-    cold loads of 4 new models; stop it (and every process it started) whatever happens."""
+    """One server variant, with Roboflow Inference beside it when the rf-json target is asked
+    for: start both, warm, sweep the clients (at each level every target in turn), optionally
+    spread over 3 and 12 models, cold loads of 4 new models; stop both whatever happens."""
     import shutil
 
     import requests
 
+    from benchmarks.servers import free_port
+
     work = Path("/tmp/gpubench")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    port = 18000
-    server = start_server(work, Path("/tmp/gpubench-repo"), port, args.replicas, args.gateways, args.batch, args.cpu,
-                          VARIANTS[name], args.replica_max_ongoing, args.gpus)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     direct = VARIANTS[name].get("args", {}).get("direct_ingress")
+    names = args.targets.split(",")
+    rf = rf_url = None
+    if "rf-json" in names:
+        rf_port = free_port()
+        rf = start_roboflow(work, args.onnx, args.rf_site, rf_port, args.rf_python)
+        rf_url = f"http://127.0.0.1:{rf_port}"
+    server = start_server(work, Path("/tmp/gpubench-repo"), port, args.replicas, args.gateways, args.batch, args.cpu,
+                          VARIANTS[name], args.replica_max_ongoing, args.gpus)
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                if direct:  # no readiness route without the gateway: the first request answers it
-                    r = requests.post(url + "/infer", data=images[0], headers={"serve_multiplexed_model_id": ids[0]},
-                                      timeout=60)
-                else:
-                    r = requests.get(url + "/readiness", timeout=5)
-                if r.status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline or not server.alive():
-                raise RuntimeError(server.tail(60))
-            time.sleep(2)
+        if direct:  # no readiness route without the gateway: the first request answers it
+            _wait_ready(url + "/-/healthz", server, "serve run")
+        else:
+            _wait_ready(url + "/readiness", server, "serve run")
         infer = url + "/infer"
         t = time.perf_counter()
         for mid in ids[:12]:  # warm: load the 12 models once (the first load pays CUDA init)
             for _ in range(2):
                 requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
         out["warm_12_models_s"] = time.perf_counter() - t
+        if rf is not None:
+            _wait_ready(rf_url + "/info", rf, "Roboflow Inference", 300)
+            body = json.loads(request_bodies("json", [RF_MODEL], images[:1], {"api_key": "dummy"})[0][1])
+            t = time.perf_counter()
+            first = requests.post(rf_url + "/infer/object_detection", json=body, timeout=300)
+            out["rf_first_request"] = {"ms": (time.perf_counter() - t) * 1e3, "status": first.status_code,
+                                       "body": first.text[:300]}
+            for _ in range(20):
+                requests.post(rf_url + "/infer/object_detection", json=body, timeout=60)
+            used = gpu_memory_by_pid()
+            family = {rf.pid, *rf.family()}
+            out["rf_gpu_memory_mib"] = sum(v for pid, v in used.items() if pid in family)
+            out["rf_log_head"] = (work / "rf.log").read_text(errors="replace")[:3000]
+            print("rf ready", json.dumps({k: out[k] for k in ("rf_first_request", "rf_gpu_memory_mib")}), flush=True)
+        save()
         (work / "sweep_started").touch()  # a profiler run beside the benchmark waits for this
+        sweep_targets = targets(names, url, rf_url)
         for c in [int(x) for x in args.clients.split(",")]:
-            r = drive(infer, ids[:1], images, c, args.duration)
-            out["sweep"].append(r)
-            print(name, "sweep", json.dumps(r), flush=True)
-            save()
-        best = max(out["sweep"], key=lambda r: r["req_per_s"])
-        for n in (3, 12):
-            # the first pass includes loading the models on every replica the router spills them to;
-            # the second is the steady state the target is about
-            for key in (f"spread_{n}_first", f"spread_{n}"):
-                r = drive(infer, ids[:n], images, best["clients"], args.duration)
-                out[key] = r
-                print(name, key, json.dumps(r), flush=True)
+            for target in sweep_targets:
+                model = [RF_MODEL] if target["name"].startswith("rf") else ids[:1]
+                r = drive(target, model, images, c, args.duration)
+                out["sweep"].append(r)
+                print(name, "sweep", json.dumps(r), flush=True)
                 save()
+        if args.spread:
+            ours = [r for r in out["sweep"] if r["target"] == "ours-raw"] or out["sweep"]
+            best = max(ours, key=lambda r: r["req_per_s"])
+            raw = targets(["ours-raw"], url, None)[0]
+            for n in (3, 12):
+                # the first pass includes loading the models on every replica the router spills them to;
+                # the second is the steady state the target is about
+                for key in (f"spread_{n}_first", f"spread_{n}"):
+                    r = drive(raw, ids[:n], images, best["clients"], args.duration)
+                    out[key] = r
+                    print(name, key, json.dumps(r), flush=True)
+                    save()
         cold = []
         for mid in ids[12:16]:  # new model ids; their artifacts go origin -> disk -> object store -> replica
             t = time.perf_counter()
@@ -344,10 +500,14 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
         if not direct:
             reg = requests.get(url + "/model/registry", timeout=30).json()
             out["loads"] = [e for m in reg["models"] for e in m.get("loaded_on", [])]
+            out["gpu_memory_mib_by_pid"] = gpu_memory_by_pid()
         save()
     finally:
         out["stop"] = server.stop()
         out["serve_log_tail"] = (work / "serve.log").read_text(errors="replace")[-3000:]
+        if rf is not None:
+            out["rf_stop"] = rf.stop(int_grace_s=15)
+            out["rf_log_tail"] = (work / "rf.log").read_text(errors="replace")[-3000:]
         save()
 
 

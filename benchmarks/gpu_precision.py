@@ -32,8 +32,6 @@ import gc
 import hashlib
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
@@ -43,6 +41,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from benchmarks.gpu_machine import command_output, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 YOLO = ROOT / ".cache" / "bench" / "export" / "yolov8n.onnx"
@@ -69,44 +69,6 @@ class Source:
     model_id: str
     manifest: Any  # serve_app.registry.manifest.Manifest
     weights: bytes
-
-
-def _cmd(args: list[str], timeout: float = 20) -> str | None:
-    try:
-        out = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-        return out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _version(name: str) -> str | None:
-    import importlib.metadata as md
-
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
-
-
-def machine() -> dict[str, Any]:
-    """nvidia-smi's GPU, driver and CUDA; the packages; cores and CPU; when the run started."""
-    import onnxruntime as ort
-
-    cpu = ""
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    smi = _cmd(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
-    cuda = re.search(r"CUDA Version:\s*([\d.]+)", _cmd(["nvidia-smi"]) or "")
-    return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "cores": os.cpu_count(),
-            "cpu": cpu, "gpus": smi.splitlines() if smi else None, "cuda": cuda.group(1) if cuda else None,
-            "python": platform.python_version(), "onnxruntime": ort.__version__,
-            "onnxruntime_providers": ort.get_available_providers(),
-            "versions": {n: _version(n) for n in ("onnxruntime-gpu", "onnxruntime", "onnxconverter-common", "onnx",
-                                                  "numpy", "protobuf", "opencv-python-headless", "opencv-python")},
-            "git": _cmd(["git", "-C", str(ROOT), "rev-parse", "HEAD"]), "loadavg": list(os.getloadavg())}
 
 
 def sources(names: list[str], onnx_path: Path) -> dict[str, Source | str]:
@@ -206,12 +168,12 @@ def compare_detections(fp32: Any, fp16: Any, scenes: int) -> dict[str, Any]:
 def _gpu_memory(pid: int) -> dict[str, float | None]:
     """This process's GPU memory (MiB) as nvidia-smi lists it, and the device's total in use."""
     own = None
-    apps = _cmd(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
+    apps = command_output(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
     for line in (apps or "").splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
             own = float(parts[1])
-    total = _cmd(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+    total = command_output(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"])
     device = float(total.splitlines()[0]) if total and total.splitlines()[0].strip().isdigit() else None
     return {"process_mib": own, "device_mib": device}
 

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.gpu import HAPROXY, ROOT, _pct, stage_medians
+from benchmarks.gpu_machine import command_output, machine
 from benchmarks.servers import ManagedProcess, free_port
 
 MODEL = "shapes-det/1"
@@ -62,43 +62,6 @@ def scene_jpegs(n: int, seed: int = 11) -> list[bytes]:
     rng = np.random.default_rng(seed)
     return [cv2.imencode(".jpg", draw_scene(rng, size=(640, 480)).image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
             for _ in range(n)]
-
-
-def _run(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def card_facts(gpus: list[str]) -> dict[str, Any]:
-    """The first card's name, driver and memory, from nvidia-smi's ``name, driver, memory`` lines.
-
-    >>> card_facts(["NVIDIA H200, 580.159.04, 143771 MiB"])
-    {'card': 'NVIDIA H200', 'driver': '580.159.04', 'gpu_memory': '143771 MiB', 'gpu_count': 1}
-    """
-    parts = [p.strip() for p in gpus[0].split(",")] if gpus else []
-    parts += [None] * (3 - len(parts))
-    return {"card": parts[0], "driver": parts[1], "gpu_memory": parts[2], "gpu_count": len(gpus)}
-
-
-def machine_facts(commit: str | None) -> dict[str, Any]:
-    import onnxruntime
-    import ray
-
-    smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
-    cuda = re.search(r"CUDA Version:\s*([\d.]+)", _run(["nvidia-smi"]))
-    cpu = ""
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
-    except OSError:
-        pass
-    gpus = [g.strip() for g in smi.splitlines() if g.strip()]
-    return {**card_facts(gpus), "gpus": gpus, "cuda": cuda.group(1) if cuda else None,
-            "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
-            "ray": ray.__version__, "python": sys.version.split()[0], "cores": os.cpu_count(), "cpu": cpu,
-            "loadavg_start": list(os.getloadavg()), "commit": commit or _run(["git", "-C", str(ROOT), "rev-parse", "HEAD"])}
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -240,7 +203,7 @@ class Poller(threading.Thread):
             row: dict[str, Any] = {"t": round(time.time() - self.t0, 2)}
             row.update(registry_replicas(self.url) or {"listed": None, "ready": None, "holding": None})
             if self.gpu:
-                out = _run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"])
+                out = command_output(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]) or ""
                 try:
                     util, mem = (float(x) for x in out.splitlines()[0].split(","))
                     row.update(gpu_util=util, gpu_mem_mib=mem)
@@ -479,7 +442,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)  # under `timeout`: the finally blocks stop the servers
     path = args.out / "gpu_scale.json"
-    result: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_facts(args.commit),
+    result: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(args.commit),
                     "model": MODEL, "images": f"{args.images} JPEGs 640x480, zoo/shapes.py draw_scene",
                     "clients_note": "client processes (up to 8) share the machine's cores with the server",
                     "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

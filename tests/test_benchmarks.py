@@ -8,10 +8,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from benchmarks import context, loadgen, models, origin, servers, stats
+from benchmarks import context, gpu, gpu_machine, loadgen, models, origin, servers, stats
 
 
-@pytest.mark.parametrize("module", [stats, loadgen, models, context, servers, origin])
+@pytest.mark.parametrize("module", [stats, loadgen, models, context, servers, origin, gpu, gpu_machine])
 def test_doctests(module) -> None:
     failures, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert attempted > 0 and failures == 0
