@@ -84,3 +84,41 @@ def test_class_filter_max_detections_and_candidates():
     assert best_only.confidence.tolist() == [np.float32(0.9)]
     none = select(Candidates(np.zeros((0, 4)), np.zeros((0, 3)), np.zeros((0, 0))), confidence=0.1, iou_threshold=0.5)
     assert len(none.boxes) == 0
+
+
+def _select_by_full_argmax(c: Candidates, confidence: float, iou_threshold: float, class_ids_allowed, max_candidates: int):
+    """The selection as first written: best class of every row (class filter applied), then threshold."""
+    scores = c.scores
+    if class_ids_allowed is not None:
+        masked = np.full_like(scores, -1.0)
+        masked[:, class_ids_allowed] = scores[:, class_ids_allowed]
+        scores = masked
+    class_id = scores.argmax(axis=1)
+    conf = scores[np.arange(len(scores)), class_id]
+    keep = np.flatnonzero(conf > confidence)
+    if keep.size > max_candidates:
+        keep = keep[np.argsort(-conf[keep], kind="stable")[:max_candidates]]
+    boxes, conf, class_id = c.boxes[keep], conf[keep], class_id[keep]
+    kept = batched_nms(boxes, conf, class_id, iou_threshold, False)[:300]
+    return boxes[kept], conf[kept], class_id[kept], c.extra[keep][kept]
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**31), n=st.integers(0, 400), classes=st.integers(1, 6), conf=st.floats(0.05, 0.95),
+       filtered=st.booleans(), cap=st.sampled_from([1, 7, 3000]), nan=st.booleans())
+def test_select_prefilter_gives_the_full_argmax_answer(seed, n, classes, conf, filtered, cap, nan):
+    """select() looks for the best class only among rows with any class above the threshold; on a
+    YOLOv8-shaped transposed view, with ties, NaNs, class filters and the candidate cap, it gives
+    exactly what taking every row's best class first gives."""
+    rng = np.random.default_rng(seed)
+    grid = rng.random((4 + classes + 2, n)).astype(np.float32)
+    grid[:4] *= 100
+    grid[4:4 + classes] = np.round(grid[4:4 + classes], 1)  # ties between classes
+    if nan and n:
+        grid[4 + rng.integers(classes), rng.integers(n)] = np.nan
+    c = decode_yolov8(grid, classes)
+    allowed = np.array(sorted(rng.choice(classes, size=max(1, classes // 2), replace=False))) if filtered else None
+    got = select(c, confidence=conf, iou_threshold=0.5, class_ids_allowed=allowed, max_candidates=cap)
+    want = _select_by_full_argmax(c, conf, 0.5, allowed, cap)
+    for a, b in zip((got.boxes, got.confidence, got.class_id, got.extra), want):
+        np.testing.assert_array_equal(a, b)

@@ -71,16 +71,24 @@ def select(c: Candidates, *, confidence: float, iou_threshold: float, class_agno
     """Threshold, keep the best class per box, filter classes, cut to ``max_candidates``, NMS (unless the
     head is end-to-end: ``nms`` False keeps every box above the threshold, best first), cut."""
     scores = c.scores
+    # rows with any class above the threshold first (a max along rows is ~10x cheaper than an argmax
+    # over YOLOv8's transposed [N, C] view): a superset of the rows that pass with a class filter,
+    # rows whose max is NaN included (a NaN in a filtered-out class must not hide an allowed one)
+    best = scores.max(axis=1) if scores.shape[1] else np.zeros(len(scores), scores.dtype)
+    rows = np.flatnonzero(~(best <= confidence))
+    sub = scores[rows]
     if class_ids_allowed is not None:
-        masked = np.full_like(scores, -1.0)
-        masked[:, class_ids_allowed] = scores[:, class_ids_allowed]
-        scores = masked
-    class_id = scores.argmax(axis=1)
-    conf = scores[np.arange(len(scores)), class_id]
-    keep = np.flatnonzero(conf > confidence)
+        masked = np.full_like(sub, -1.0)
+        masked[:, class_ids_allowed] = sub[:, class_ids_allowed]
+        sub = masked
+    class_id = sub.argmax(axis=1) if sub.shape[1] else np.zeros(len(sub), np.int64)
+    conf = sub[np.arange(len(sub)), class_id] if sub.shape[1] else np.zeros(len(sub), scores.dtype)
+    passed = np.flatnonzero(conf > confidence)
+    keep, conf, class_id = rows[passed], conf[passed], class_id[passed]
     if keep.size > max_candidates:
-        keep = keep[np.argsort(-conf[keep], kind="stable")[:max_candidates]]
-    boxes, conf, class_id = c.boxes[keep], conf[keep], class_id[keep]
+        order = np.argsort(-conf, kind="stable")[:max_candidates]
+        keep, conf, class_id = keep[order], conf[order], class_id[order]
+    boxes = c.boxes[keep]
     if nms:
         kept = batched_nms(boxes, conf, class_id, iou_threshold, class_agnostic)[:max_detections]
     else:
