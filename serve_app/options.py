@@ -81,7 +81,7 @@ class SessionOptions:
     # (the CPU provider has few float16 kernels and runs them slower) unless force_precision says so.
     precision: str = "fp32"
     force_precision: bool = False
-    # On CUDA with batch buckets: each bucket's session captures and replays a CUDA graph, fed
+    # On CUDA with batch buckets: the batch-1 session captures and replays a CUDA graph, fed
     # through fixed device buffers (pipeline/cuda_graph.py). Refused on any other provider.
     cuda_graph: bool = False
     # The process's sessions share one arena per device (ONNX Runtime's environment allocators)

@@ -66,7 +66,7 @@ class Settings:
     session_per_batch_size: bool = True  # on a GPU: one session per batch bucket (see SessionOptions)
     tensorrt_cache_dir: str | None = None  # TensorRT engines and timing caches; default: <cache_dir>/tensorrt
     precision: str = "fp32"  # "fp16": graphs converted to float16 at load, on CUDA/TensorRT only (see SessionOptions)
-    cuda_graph: bool = False  # on CUDA: each batch bucket's session replays a CUDA graph from fixed device buffers
+    cuda_graph: bool = False  # on CUDA: the batch-1 session replays a CUDA graph from fixed device buffers
     shared_arena: bool = False  # a replica's sessions share one memory arena per device instead of one each
     inference_threads: int = 0  # session calls in flight per replica; 0 = 1 on the CPU, 2 with a GPU provider
     inference_scheduler: str = "fair"  # per-model queues, one thread more (serving/scheduler.py) | "fifo": one queue

@@ -2,7 +2,7 @@
 
 Three opt-in GPU features (``SessionOptions``), each logged and ignored where it cannot apply:
 ``precision="fp16"`` (the graph converted at load, ``pipeline/precision.py``; CUDA/TensorRT
-only), ``cuda_graph`` (each batch bucket's session replays a CUDA graph, ``pipeline/cuda_graph.py``;
+only), ``cuda_graph`` (the batch-1 session replays a CUDA graph, ``pipeline/cuda_graph.py``;
 CUDA only) and ``shared_arena`` (the process's sessions share one arena per device,
 ``pipeline/arena.py``).
 
@@ -131,7 +131,7 @@ class OnnxSession:
     io_binding: bool = False
     by_batch_size: dict[int, ort.InferenceSession] = field(default_factory=dict)  # extra shape-stable sessions
     precision: str = "fp32"  # what the graph really runs in
-    cuda_graph: CudaGraphRunner | None = None  # set when every bucket's session replays a CUDA graph
+    cuda_graph: CudaGraphRunner | None = None  # set when the batch-1 session replays a CUDA graph
     shared_arena: bool = False  # whether its sessions take their memory from the process's shared arenas
 
     @classmethod
@@ -149,7 +149,6 @@ class OnnxSession:
         if graphs:
             try:
                 session = _create(weights, so, _with_cuda_graph(providers), label)
-                providers = _with_cuda_graph(providers)
             except ModelLoadError as exc:  # a graph is recorded only when every node runs on CUDA
                 log.warning("%s: no CUDA graph (%s); plain sessions", label, exc.message)
                 graphs = False
@@ -177,9 +176,12 @@ class OnnxSession:
             if loaded.by_batch_size:
                 log.info("%s: one session per batch size %s", label, [1, *loaded.by_batch_size])
         if graphs:
+            # the batch-1 session only: there the launches are most of the call (YOLOv8n on an H200
+            # 3.5 -> 1.6 ms), and its copies are small; a replay's copies hold the GIL (update_inplace,
+            # copy_outputs_to_cpu), which at batch 8 (10 MB in, 22 MB out) stalled the replica's other
+            # threads for milliseconds and cut throughput under load (results/gpu/gpu_h200_fp16_cuda_graph.json)
             main = 1 if loaded.dynamic_batch else int(loaded.input_shape[0])
-            loaded.cuda_graph = CudaGraphRunner({main: session, **loaded.by_batch_size}, inp.name, loaded.output_names,
-                                                _cuda_device(providers))
+            loaded.cuda_graph = CudaGraphRunner({main: session}, inp.name, loaded.output_names, _cuda_device(providers))
         loaded.load_seconds = time.perf_counter() - started
         log.info("%s: session ready in %.0f ms on %s (asked %s)%s%s%s", label, loaded.load_seconds * 1e3, used,
                  [_name(p) for p in options.providers], ", float16" if fp16 is not None else "",
@@ -212,7 +214,9 @@ class OnnxSession:
         return [1, *self.by_batch_size]
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
-        if self.cuda_graph is not None:
+        if self.cuda_graph is not None and len(tensor) not in self.by_batch_size:
+            # the main session replays batch 1's graph, so no other shape may reach it: sizes
+            # without a bucket session of their own replay it row by row
             return self.cuda_graph.run(tensor)
         session = self.by_batch_size.get(len(tensor), self.session)
         if not self.io_binding:
