@@ -135,10 +135,11 @@ VARIANTS = {
     # cuDNN limited to its default workspace (onnxruntime lets it take the maximum by default)
     "haproxy-small-workspace": {"env": HAPROXY, "args": {"providers": [
         ["CUDAExecutionProvider", {"cudnn_conv_use_max_workspace": "0"}], "CPUExecutionProvider"]}},
-    # the opt-in GPU session features (issue 14): float16 graphs, a CUDA graph per batch bucket,
-    # one arena for all of a replica's sessions
+    # the opt-in GPU session features (issue 14): float16 graphs, a CUDA graph for the batch-1
+    # session, one arena for all of a replica's sessions
     "haproxy-fp16-graph": {"env": HAPROXY, "args": {"precision": "fp16", "cuda_graph": True, "shared_arena": True}},
     "haproxy-fp16": {"env": HAPROXY, "args": {"precision": "fp16", "shared_arena": True}},
+    "haproxy-graph": {"env": HAPROXY, "args": {"cuda_graph": True}},
     # the same config behind Ray's Python proxy (a plain `serve run`)
     "proxy": {},
     # the replicas as the HTTP ingress, no gateway (no alias resolution before routing, no affinity)

@@ -178,7 +178,7 @@ class OnnxSession:
         if graphs:
             # the batch-1 session only: there the launches are most of the call (YOLOv8n on an H200
             # 3.5 -> 1.6 ms), and its copies are small; a replay's copies hold the GIL (update_inplace,
-            # copy_outputs_to_cpu), which at batch 8 (10 MB in, 22 MB out) stalled the replica's other
+            # copy_outputs_to_cpu), which at batch 8 (10 MB in, 22 MB out) most likely stalled the replica's other
             # threads for milliseconds and cut throughput under load (results/gpu/gpu_h200_fp16_cuda_graph.json)
             main = 1 if loaded.dynamic_batch else int(loaded.input_shape[0])
             loaded.cuda_graph = CudaGraphRunner({main: session}, inp.name, loaded.output_names, _cuda_device(providers))
