@@ -28,6 +28,9 @@ sentence-transformers setuptools shellingham simplejson six sortedcontainers sta
 tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq
 torch-geometric torchmetrics torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect
 urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp opencv-python onnxruntime-gpu""".split()
+# Imported when present (transformers probes for it) but not needed: its app starts and serves
+# without it, and it is the largest of them all (124 MB of CUDA kernels).
+NOT_NEEDED = ("bitsandbytes",)
 
 
 def norm(name: str) -> str:
@@ -50,7 +53,7 @@ def main() -> None:
     HttpInterface(ModelManager(model_registry=RoboflowModelRegistry(ROBOFLOW_MODEL_TYPES)))
     owners = md.packages_distributions()
     loaded = {d for module in list(sys.modules) for d in owners.get(module.split(".")[0], [])}
-    skip = {norm(n) for n in ON_IMAGE}
+    skip = {norm(n) for n in (*ON_IMAGE, *NOT_NEEDED)}
     lines = set()
     for dist in md.distributions():
         name = dist.metadata["Name"]

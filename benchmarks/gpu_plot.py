@@ -1,9 +1,10 @@
 """Plot GPU benchmark results (benchmarks/gpu.py's JSON): throughput and latency against clients
-for every server variant, and where a request's time goes (Server-Timing) for the first variant.
+for every server variant and route (Roboflow Inference's too, where the run had it), and where a
+request's time goes (Server-Timing) for the first variant's first route.
 
-    python -m benchmarks.gpu_plot benchmarks/results/gpu/gpu_h200.json [more.json ...]
+    python -m benchmarks.gpu_plot benchmarks/results/gpu/gpu_h200_graph_vs_roboflow.json [more.json ...] [--out PNG]
 
-Writes gpu.png beside the first file.
+Writes gpu.png beside the first file unless ``--out`` names another.
 """
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ def variants(result: dict) -> dict[str, dict]:
     """``{name: server result}``; results written before variants existed hold one unnamed server."""
     server = result.get("server", {})
     return {"": server} if "sweep" in server else server
+
+
+def routes(sweep: list[dict]) -> dict[str, list[dict]]:
+    """Sweep rows by route (``target``; runs before routes existed have one, unnamed).
+
+    >>> sorted(routes([{"target": "rf-json", "clients": 1}, {"clients": 1}, {"target": "rf-json", "clients": 8}]).items())
+    [('', [{'clients': 1}]), ('rf-json', [{'target': 'rf-json', 'clients': 1}, {'target': 'rf-json', 'clients': 8}])]
+    """
+    out: dict[str, list[dict]] = {}
+    for row in sweep:
+        out.setdefault(row.get("target", ""), []).append(row)
+    return out
 
 
 def breakdown(row: dict) -> dict[str, float]:
@@ -48,14 +61,14 @@ def plot(paths: list[Path], out: Path) -> None:
     for p in paths:
         d = json.loads(p.read_text())
         for name, s in variants(d).items():
-            if not s.get("sweep"):
-                continue
-            first = first or (name, s)
-            label = f"{name or p.stem}: {s['replicas']} replicas"
-            x = [r["clients"] for r in s["sweep"]]
-            a.plot(x, [r["req_per_s"] for r in s["sweep"]], "o-", label=label)
-            b.plot(x, [r["p50_ms"] for r in s["sweep"]], "o-", label=label + " p50")
-            b.plot(x, [r["p99_ms"] for r in s["sweep"]], "x--", label=label + " p99")
+            for route, rows in routes(s.get("sweep", [])).items():
+                first = first or (f"{name} {route}", rows)
+                label = (f"Roboflow Inference ({route})" if route.startswith("rf") else
+                         f"{name or p.stem} {route}: {s['replicas']} replicas")
+                x = [r["clients"] for r in rows]
+                a.plot(x, [r["req_per_s"] for r in rows], "o-", label=label)
+                b.plot(x, [r["p50_ms"] for r in rows], "o-", label=label + " p50")
+                b.plot(x, [r["p99_ms"] for r in rows], "x--", label=label + " p99")
         raw = d.get("raw_ort")
         if raw:
             a.axhline(raw["batch1_numpy"]["img_per_s"], color="grey", ls=":", label="raw ORT batch 1 (NumPy)")
@@ -70,9 +83,9 @@ def plot(paths: list[Path], out: Path) -> None:
     a.legend(fontsize=6)
     b.legend(fontsize=6)
     if first:
-        name, s = first
-        rows = [breakdown(r) for r in s["sweep"]]
-        labels = [str(r["clients"]) for r in s["sweep"]]
+        name, sweep = first
+        rows = [breakdown(r) for r in sweep]
+        labels = [str(r["clients"]) for r in sweep]
         bottom = [0.0] * len(rows)
         for part in rows[0]:
             vals = [r.get(part, 0.0) for r in rows]
@@ -82,11 +95,14 @@ def plot(paths: list[Path], out: Path) -> None:
         c.set_ylabel("median ms (stacked)")
         c.set_title(f"where a request's time goes: {name}", fontsize=9)
         c.legend(fontsize=6)
-    fig.suptitle("YOLOv8n 640, 640x480 JPEG, one H200 (16 cores): this server vs raw ONNX Runtime")
+    fig.suptitle("YOLOv8n 640, 640x480 JPEG, one H200 (16 cores, shared with the load generator): "
+                 "this server, Roboflow Inference and raw ONNX Runtime")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
 
 if __name__ == "__main__":
-    files = [Path(x) for x in sys.argv[1:]]
-    plot(files, files[0].parent / "gpu.png")
+    args = sys.argv[1:]
+    out = Path(args.pop(args.index("--out") + 1)) if "--out" in args else None
+    files = [Path(x) for x in args if x != "--out"]
+    plot(files, out or files[0].parent / "gpu.png")
