@@ -27,7 +27,8 @@ requests rich sacrebleu safetensors scikit-build-core scikit-image scikit-learn 
 sentence-transformers setuptools shellingham simplejson six sortedcontainers statsmodels sympy tabulate tensorboard
 tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq
 torch-geometric torchmetrics torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect
-urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp opencv-python onnxruntime-gpu""".split()
+urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp opencv-python opencv-contrib-python
+onnxruntime-gpu""".split()
 # Imported when present (transformers probes for it) but not needed: its app starts and serves
 # without it, and it is the largest of them all (124 MB of CUDA kernels).
 NOT_NEEDED = ("bitsandbytes",)
@@ -38,6 +39,8 @@ def norm(name: str) -> str:
 
 
 def main() -> None:
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # Roboflow's start-up logs go to stdout: keep them out of the list
     os.environ.update(OFFLINE_MODE="true", USE_INFERENCE_MODELS="False", DISK_CACHE_CLEANUP="False",
                       MODEL_CACHE_DIR=tempfile.mkdtemp())
     os.chdir(tempfile.mkdtemp())
@@ -59,7 +62,8 @@ def main() -> None:
         name = dist.metadata["Name"]
         if name in loaded and norm(name) not in skip and not norm(name).startswith("nvidia-"):
             lines.add(f"{'inference-gpu' if norm(name) == 'inference-cpu' else name}=={dist.version}")
-    sys.stdout.write("".join(f"{line}\n" for line in sorted(lines)))
+    out.write("".join(f"{line}\n" for line in sorted(lines)))
+    out.flush()
 
 
 if __name__ == "__main__":
