@@ -406,13 +406,17 @@ def main() -> None:
         serve_variant(args, name, ids, images, result["server"][name], save)
 
 
-def _wait_ready(url: str, proc: ManagedProcess, what: str, timeout_s: float = 240) -> None:
+def _wait_ready(url: str, proc: ManagedProcess, what: str, timeout_s: float = 240,
+                post: tuple[bytes, str] | None = None) -> None:
+    """Until ``url`` answers 200 (a GET, or with ``post`` = (JPEG, model id) an inference request)."""
     import requests
 
     deadline = time.time() + timeout_s
     while True:
         try:
-            if requests.get(url, timeout=5).status_code == 200:
+            r = (requests.post(url, data=post[0], headers={"serve_multiplexed_model_id": post[1]}, timeout=60)
+                 if post else requests.get(url, timeout=5))
+            if r.status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -446,11 +450,11 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
     server = start_server(work, Path("/tmp/gpubench-repo"), port, args.replicas, args.gateways, args.batch, args.cpu,
                           VARIANTS[name], args.replica_max_ongoing, args.gpus)
     try:
+        infer = url + "/infer"
         if direct:  # no readiness route without the gateway: the first request answers it
-            _wait_ready(url + "/-/healthz", server, "serve run")
+            _wait_ready(infer, server, "serve run", post=(images[0], ids[0]))
         else:
             _wait_ready(url + "/readiness", server, "serve run")
-        infer = url + "/infer"
         t = time.perf_counter()
         for mid in ids[:12]:  # warm: load the 12 models once (the first load pays CUDA init)
             for _ in range(2):
