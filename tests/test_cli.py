@@ -186,7 +186,7 @@ def test_models_list_shows_the_built_in_models(app):
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[2:] if not line.startswith("aliases")}
     for model_id in ("shapes-det/1", "shapes-seg/1", "shapes-pose/1", "shapes-cls/1", "shapes-det-v5/1", "ocr/1"):
         assert model_id in rows, r.stdout
-    assert rows["shapes-seg/1"][1:4] == ["instance-segmentation", "yolov8-seg", "640x640"]
+    assert rows["shapes-seg/1"][1:4] == ["instance-segmentation", "yolov8-seg", "1152x1152"]  # served above 640
     assert "aliases: shapes -> shapes-det/1" in r.stdout
     r = cli(*on(app, "models", "list", "--json", "--api-key", API_KEY))
     assert {m["model_id"] for m in json.loads(r.stdout)["available"]} >= set(rows)

@@ -26,10 +26,23 @@ def test_the_generator_draws_what_it_says():
                 assert np.argmin(shape.corners[:, 1]) == 0  # top first
 
 
-def test_recorded_independent_figures_are_reproduced():
+@pytest.fixture(scope="module")
+def recomputed() -> dict:
+    return independent_eval.evaluate()
+
+
+def test_recorded_independent_figures_are_reproduced(recomputed):
     recorded = json.loads(independent_eval.FIGURES.read_text()).get("independent")
     assert recorded, "configs/models/zoo_figures.json has no 'independent' figures: run python -m zoo.independent_eval"
-    assert independent_eval.evaluate() == recorded
+    assert recomputed == recorded
+
+
+def test_segmentation_masks_meet_the_issue_target(recomputed):
+    """Issue 13: 95% of the drawn objects with mask IoU >= 0.9, on the recomputed figures (shapes-seg/1
+    served at 1152, where its 288 px prototypes keep the triangles' corners; 79.9% at 640)."""
+    seg = recomputed["shapes-seg/1"]
+    assert seg["objects"] == 199 and seg["mask_iou_0.9"] >= 0.95, seg
+    assert seg["recall"] >= 0.95 and seg["precision"] >= 0.95, seg  # the detectors' target, for its boxes
 
 
 @pytest.mark.parametrize("model_id", independent_eval.DETECTORS)

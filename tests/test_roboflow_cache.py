@@ -27,6 +27,9 @@ from tests.conftest import ROOT, DeployedApp, deploy_app, teardown_app
 MODELS = ROOT / "configs" / "models"
 GREY_640 = {"auto-orient": {"enabled": True}, "resize": {"enabled": True, "format": "Fit (grey edges) in",
                                                          "width": 640, "height": 640}}
+# shapes-seg/1 is served at 1152 (its README entry says why): its copy says so, as a Roboflow project would
+GREY_1152 = {"auto-orient": {"enabled": True}, "resize": {"enabled": True, "format": "Fit (grey edges) in",
+                                                          "width": 1152, "height": 1152}}
 GREY_256 = {"auto-orient": {"enabled": True}, "resize": {"enabled": True, "format": "Fit (grey edges) in",
                                                          "width": 256, "height": 256}}
 CROP_128 = {"auto-orient": {"enabled": True}, "resize": {"enabled": True, "format": "Fill (with center crop) in",
@@ -90,7 +93,7 @@ def write_shapes_cache(cache: Path) -> dict[str, str]:
     copies = {
         "shapes-dataset/3": ("shapes-det/1", "object-detection", "yolov8n", GREY_640),
         "shapes-dataset/5": ("shapes-det-v5/1", "object-detection", "yolov5v6n", GREY_640),
-        "shapes-dataset-seg/2": ("shapes-seg/1", "instance-segmentation", "yolov8n", GREY_640),
+        "shapes-dataset-seg/2": ("shapes-seg/1", "instance-segmentation", "yolov8n", GREY_1152),
         "triangle-corners/1": ("shapes-pose/1", "keypoint-detection", "yolov8n-pose", GREY_640),
         "dominant-shape/4": ("shapes-cls/1", "classification", "yolov8n", GREY_256),
     }

@@ -9,7 +9,7 @@ them and compares):
 - detectors: precision and recall at box IoU 0.5 (confidence 0.4, NMS IoU 0.5), overall and by the
   frame's orientation (portrait, landscape, square within 10%);
 - segmentation: the share of drawn objects whose mask IoU is at least 0.9 (unmatched objects count
-  as misses);
+  as misses), overall and by class, and its boxes' recall and precision as the detectors';
 - keypoints: the share of drawn triangles whose three corners, in the model's order (top, then
   clockwise), each lie within 5% of the triangle's size of the truth;
 - classification: top-1 on one shape anywhere in a non-square frame (aspect at least 1.3), under
@@ -63,16 +63,25 @@ def detection_scores(model_id: str, images: Iterable[IndependentScene]) -> dict:
 
 def mask_scores(images: Iterable[IndependentScene], model_id: str = "shapes-seg/1") -> dict:
     model = builtin(model_id)
-    good = total = 0
+    counts: dict[str, list[int]] = {}  # class -> [mask IoU >= 0.9, objects]
+    matched = predicted = 0
     for scene in images:
         preds = model.predict([scene.image], PARAMS)[0]["predictions"]
+        predicted += len(preds)
         boxes = np.array([s.box_xyxy for s in scene.shapes]).reshape(-1, 4)
         hw = scene.image.shape[:2]
+        for shape in scene.shapes:
+            counts.setdefault(shape.class_name, [0, 0])[1] += 1
         for i, j in match(boxes, [s.class_name for s in scene.shapes], preds, 0.5):
             points = np.array([[p["x"], p["y"]] for p in preds[j]["points"]])
-            good += mask_iou(polygon_mask(scene.shapes[i].polygon, hw), polygon_mask(points, hw)) >= 0.9
-        total += len(scene.shapes)
-    return {"mask_iou_0.9": round(good / total, 4), "objects": total}
+            good = mask_iou(polygon_mask(scene.shapes[i].polygon, hw), polygon_mask(points, hw)) >= 0.9
+            counts[scene.shapes[i].class_name][0] += int(good)
+            matched += 1
+    good, total = (sum(c[k] for c in counts.values()) for k in (0, 1))
+    return {"mask_iou_0.9": round(good / total, 4), "objects": total,
+            "recall": round(matched / total, 4), "precision": round(matched / max(predicted, 1), 4),
+            "by_class": {name: {"mask_iou_0.9": round(g / t, 4), "objects": t}
+                         for name, (g, t) in sorted(counts.items())}}
 
 
 def keypoint_scores(images: Iterable[IndependentScene], model_id: str = "shapes-pose/1") -> dict:
