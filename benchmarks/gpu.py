@@ -177,7 +177,13 @@ def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int
 
 def request_bodies(style: str, models: list[str], images: list[bytes], extra: dict) -> list[tuple[str, bytes]]:
     """(model id, body) pairs a load process cycles through: the JPEG itself for the raw route
-    (the id goes in the header), else a Roboflow-style JSON body with the image in base64."""
+    (the id goes in the header), else a Roboflow-style JSON body with the image in base64.
+
+    >>> [(m, b) for m, b in request_bodies("raw", ["a/1", "b/1"], [b"x"], {})]
+    [('a/1', b'x'), ('b/1', b'x')]
+    >>> json.loads(request_bodies("json", ["a/1"], [b"jpg"], {"api_key": "k"})[0][1])
+    {'model_id': 'a/1', 'image': {'type': 'base64', 'value': 'anBn'}, 'api_key': 'k'}
+    """
     import base64
 
     pairs = []
@@ -301,7 +307,13 @@ TARGETS = ("ours-raw", "ours-json", "rf-json")
 
 def targets(names: list[str], ours_url: str, rf_url: str | None) -> list[dict]:
     """The routes a sweep drives: ours with the JPEG as the body (model id in the header), ours and
-    Roboflow Inference on the same Roboflow-style JSON route with the same body."""
+    Roboflow Inference on the same Roboflow-style JSON route with the same body.
+
+    >>> [(t["name"], t["url"].split("?")[0]) for t in targets(list(TARGETS), "http://o", "http://r")]
+    [('ours-raw', 'http://o/infer'), ('ours-json', 'http://o/infer/object_detection'), ('rf-json', 'http://r/infer/object_detection')]
+    >>> [t["name"] for t in targets(list(TARGETS), "http://o", None)]  # no Roboflow running
+    ['ours-raw', 'ours-json']
+    """
     from benchmarks.servers import INFER_PARAMS
 
     query = "&".join(f"{k}={v}" for k, v in INFER_PARAMS.items())
