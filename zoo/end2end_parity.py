@@ -36,6 +36,7 @@ import numpy as np
 import yaml
 
 from zoo.shapes import CLASSES
+from zoo.yolo26 import output_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = ROOT / "tests" / "data"
@@ -186,21 +187,12 @@ def build(spec: Spec, checkpoint: Path):
     return yolo
 
 
-def _output_shape(onnx_path: Path, batch: int = 2) -> list[int]:
-    """The first output's real shape for a batch of ``batch`` (the declared one has symbolic dimensions)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    x = np.zeros((batch, 3, IMGSZ, IMGSZ), np.float32)
-    return list(session.run(None, {session.get_inputs()[0].name: x})[0].shape)
-
-
 def export(spec: Spec, yolo) -> Path:
     """ONNX with the end-to-end head and a dynamic batch, as zoo/yolo26.py exports shapes-det-26/1."""
     with contextlib.chdir(WORK):  # the export lands in the working directory
         onnx_path = WORK / yolo.export(format="onnx", imgsz=IMGSZ, dynamic=True, simplify=False, opset=17,
                                        end2end=True)
-    shape = _output_shape(onnx_path)
+    shape = output_shape(onnx_path, IMGSZ)
     if shape != [2, MAX_DETECTIONS, spec.columns]:
         raise SystemExit(f"{spec.name}: expected an end-to-end output [2, {MAX_DETECTIONS}, {spec.columns}], got {shape}")
     OUT_MODELS.mkdir(parents=True, exist_ok=True)
@@ -213,10 +205,9 @@ def export(spec: Spec, yolo) -> Path:
 
 def rle(mask: np.ndarray) -> dict:
     """COCO run-length encoding with plain counts (column-major, starting with a run of zeros)."""
-    flat = np.asarray(mask, np.uint8).flatten(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
-    return {"size": list(mask.shape), "counts": ([0] + counts) if flat.size and flat[0] else counts}
+    from serve_app.tasks.masks import rle_counts
+
+    return {"size": list(mask.shape), "counts": rle_counts(mask)}
 
 
 def _masks_at_original(result) -> list[np.ndarray]:

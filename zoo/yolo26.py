@@ -50,13 +50,13 @@ def model_yaml() -> Path:
     return out
 
 
-def _output_shape(onnx_path: Path, batch: int = 2) -> list[int]:
+def output_shape(onnx_path: Path, imgsz: int, batch: int = 2) -> list[int]:
     """The first output's real shape for a batch of ``batch`` (the declared one has symbolic dimensions)."""
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    x = np.zeros((batch, 3, IMGSZ["det"], IMGSZ["det"]), np.float32)
+    x = np.zeros((batch, 3, imgsz, imgsz), np.float32)
     return list(session.run(None, {session.get_inputs()[0].name: x})[0].shape)
 
 
@@ -66,7 +66,7 @@ def export(weights: Path) -> Path:
 
     onnx_path = Path(YOLO(str(weights)).export(format="onnx", imgsz=IMGSZ["det"], dynamic=True, simplify=False,
                                                 opset=17, end2end=True))
-    shape = _output_shape(onnx_path)
+    shape = output_shape(onnx_path, IMGSZ["det"])
     if shape != [2, MAX_DETECTIONS, 6]:  # end-to-end head, and the batch axis really dynamic
         raise SystemExit(f"expected an end-to-end output [2, {MAX_DETECTIONS}, 6] for a batch of 2, got {shape}")
     dest = MODELS / MODEL_ID

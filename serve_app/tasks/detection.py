@@ -74,15 +74,14 @@ def select(c: Candidates, *, confidence: float, iou_threshold: float, class_agno
     # rows with any class above the threshold first (a max along rows is ~10x cheaper than an argmax
     # over YOLOv8's transposed [N, C] view): a superset of the rows that pass with a class filter,
     # rows whose max is NaN included (a NaN in a filtered-out class must not hide an allowed one)
-    best = scores.max(axis=1) if scores.shape[1] else np.zeros(len(scores), scores.dtype)
-    rows = np.flatnonzero(~(best <= confidence))
+    rows = np.flatnonzero(~(scores.max(axis=1) <= confidence))
     sub = scores[rows]
     if class_ids_allowed is not None:
         masked = np.full_like(sub, -1.0)
         masked[:, class_ids_allowed] = sub[:, class_ids_allowed]
         sub = masked
-    class_id = sub.argmax(axis=1) if sub.shape[1] else np.zeros(len(sub), np.int64)
-    conf = sub[np.arange(len(sub)), class_id] if sub.shape[1] else np.zeros(len(sub), scores.dtype)
+    class_id = sub.argmax(axis=1)
+    conf = sub[np.arange(len(sub)), class_id]
     passed = np.flatnonzero(conf > confidence)
     keep, conf, class_id = rows[passed], conf[passed], class_id[passed]
     if keep.size > max_candidates:

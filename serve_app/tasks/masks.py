@@ -58,15 +58,18 @@ def mask_to_original(mask_input: np.ndarray, transform: ImageTransform) -> np.nd
     return full
 
 
-def rle_encode(mask: np.ndarray) -> dict:
-    """COCO run-length encoding (column-major, compressed counts string), as pycocotools writes it."""
-    h, w = mask.shape
+def rle_counts(mask: np.ndarray) -> list[int]:
+    """COCO's run lengths of a mask, column-major, starting with a run of zeros (uncompressed)."""
     flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     counts = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
-    if flat.size and flat[0] == 1:
-        counts = [0] + counts  # runs always start with zeros
-    return {"size": [h, w], "counts": _compress_counts(counts)}
+    return [0] + counts if flat.size and flat[0] == 1 else counts
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """COCO run-length encoding (column-major, compressed counts string), as pycocotools writes it."""
+    h, w = mask.shape
+    return {"size": [h, w], "counts": _compress_counts(rle_counts(mask))}
 
 
 def _compress_counts(counts: list[int]) -> str:
