@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.gpu_machine import gpu_memory_by_pid
 from benchmarks.servers import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,19 +349,6 @@ def start_roboflow(work: Path, onnx_path: Path, rf_site: Path, port: int, python
            "ONNXRUNTIME_EXECUTION_PROVIDERS": "[CUDAExecutionProvider,CPUExecutionProvider]"}
     return ManagedProcess("rf", [python, str(ROOT / "benchmarks" / "rf_server.py"), "--port", str(port)],
                           cwd=scratch, env=env, log_path=work / "rf.log")
-
-
-def gpu_memory_by_pid() -> dict[int, float]:
-    """MiB of GPU memory per process, as nvidia-smi lists compute processes."""
-    from benchmarks.gpu_machine import command_output
-
-    out = command_output(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
-    used: dict[int, float] = {}
-    for line in (out or "").splitlines():
-        pid, _, mib = line.partition(",")
-        if pid.strip().isdigit() and mib.strip().replace(".", "").isdigit():
-            used[int(pid)] = float(mib)
-    return used
 
 
 def main() -> None:

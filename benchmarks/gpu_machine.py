@@ -47,6 +47,26 @@ def card_facts(gpus: list[str]) -> dict[str, Any]:
     return {"card": parts[0], "driver": parts[1], "gpu_memory": parts[2], "gpu_count": len(gpus)}
 
 
+def parse_compute_apps(text: str | None) -> dict[int, float]:
+    """``nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits`` as {pid: MiB}.
+
+    >>> parse_compute_apps("1057, 3604\\n1913, 4438.5\\nbad line\\n")
+    {1057: 3604.0, 1913: 4438.5}
+    """
+    used: dict[int, float] = {}
+    for line in (text or "").splitlines():
+        pid, _, mib = (part.strip() for part in line.partition(","))
+        if pid.isdigit() and mib.replace(".", "", 1).isdigit():
+            used[int(pid)] = float(mib)
+    return used
+
+
+def gpu_memory_by_pid() -> dict[int, float]:
+    """MiB of GPU memory per process, as nvidia-smi lists compute processes (empty without one)."""
+    return parse_compute_apps(command_output(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]))
+
+
 def cpu_model() -> str:
     try:
         return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

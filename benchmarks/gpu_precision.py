@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.gpu_machine import command_output, machine
+from benchmarks.gpu_machine import command_output, gpu_memory_by_pid, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 YOLO = ROOT / ".cache" / "bench" / "export" / "yolov8n.onnx"
@@ -167,12 +167,7 @@ def compare_detections(fp32: Any, fp16: Any, scenes: int) -> dict[str, Any]:
 
 def _gpu_memory(pid: int) -> dict[str, float | None]:
     """This process's GPU memory (MiB) as nvidia-smi lists it, and the device's total in use."""
-    own = None
-    apps = command_output(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
-    for line in (apps or "").splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
-            own = float(parts[1])
+    own = gpu_memory_by_pid().get(pid)
     total = command_output(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"])
     device = float(total.splitlines()[0]) if total and total.splitlines()[0].strip().isdigit() else None
     return {"process_mib": own, "device_mib": device}
