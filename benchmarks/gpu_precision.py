@@ -110,8 +110,7 @@ def describe(model: Any) -> dict[str, Any]:
 
 
 def inputs(model: Any, batch: int, seed: int) -> np.ndarray:
-    spec = model.manifest.input
-    return np.random.default_rng(seed).integers(0, 256, (batch, 3, spec.height, spec.width), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, model.blank_batch(batch).shape, dtype=np.uint8)
 
 
 def time_calls(model: Any, batch: int, calls: int, warmup: int, deadline: float) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def test_recognised_from_its_metadata_as_end_to_end(name):
     assert (model.manifest.architecture, model.manifest.task) == (architecture, task)
     assert model.manifest.classes == ("circle", "square", "triangle")
     assert model.decoder is layout.decode  # the end-to-end layout, not the grid one these families also have
-    out = model.run(np.zeros((2, 3, 640, 640), model.session.input_dtype))
+    out = model.run(model.blank_batch(2))
     assert out[0].shape == (2, 300, columns) and model.batchable
     if name == "yolo26-pose-e2e":
         assert len(model.manifest.keypoints.names) == 3

@@ -145,13 +145,17 @@ def prepare_image(image: np.ndarray, spec: InputSpec, pre: PreprocessingSpec,
     return resized, transform
 
 
-def to_tensor(images: list[np.ndarray], spec: InputSpec, dtype: type = np.float32) -> np.ndarray:
+def to_tensor(images: list[np.ndarray], spec: InputSpec, dtype: type = np.float32, *,
+              channels_last: bool = False) -> np.ndarray:
     """Stack input-sized BGR uint8 images into an NCHW tensor (channel order, scale, mean/std).
 
     With ``dtype=np.uint8`` the pixels stay bytes: the model then scales them itself (see
-    :func:`serve_app.pipeline.graph.prepend_uint8_normalization`).
+    :func:`serve_app.pipeline.graph.prepend_uint8_normalization`); with ``channels_last`` too the
+    images are only stacked, ``N x H x W x 3`` BGR, and the model transposes and reorders them.
     """
     batch = np.stack(images)
+    if dtype == np.uint8 and channels_last:
+        return batch
     if spec.channel_order == "rgb":
         batch = batch[..., ::-1]
     if dtype == np.uint8:

@@ -33,25 +33,28 @@ class VisionModel:
     ocr: Any = None  # OcrPipeline for task "ocr"
     warmup_seconds: float = 0.0
     decoder: Decoder | None = None  # the layout's decoder its output shapes fit (set at load)
+    channels_last: bool = False  # the session takes the decoded BGR images stacked (N x H x W x 3 uint8)
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, manifest: ModelSpec, files: Mapping[str, Any], options: SessionOptions) -> "VisionModel":
         if manifest.task == "ocr":
             return cls._load_ocr(manifest, files, options)
-        weights = files["weights"]
+        weights, channels_last = files["weights"], False
         if options.uint8_input:
             try:
                 spec = manifest.input
-                weights = prepend_uint8_normalization(weights, spec.scale, spec.mean, spec.std)
+                weights = prepend_uint8_normalization(weights, spec.scale, spec.mean, spec.std, channels_last=True,
+                                                      reverse_channels=spec.channel_order == "rgb")
+                channels_last = True
             except ModelLoadError as exc:
                 log.warning("%s: keeping float input (%s)", manifest.model_id, exc.message)
         session = OnnxSession.from_bytes(weights, options, manifest.model_id)
-        model = cls(manifest, session)
+        model = cls(manifest, session, channels_last=channels_last)
         started = time.perf_counter()
         try:
             for size in session.batch_sizes:  # every shape-stable session plans its kernels now, not on a request
-                outputs = session.run(np.zeros((size, 3, manifest.input.height, manifest.input.width), session.input_dtype))
+                outputs = session.run(model.blank_batch(size))
         except Exception as exc:
             raise ModelLoadError(f"{manifest.model_id}: warm-up inference failed: {str(exc)[:300]}") from None
         model.warmup_seconds = time.perf_counter() - started
@@ -82,6 +85,13 @@ class VisionModel:
             raise ModelLoadError(f"{manifest.model_id}: warm-up inference failed: {str(exc)[:300]}") from None
         return cls(manifest, det, ocr=pipeline, warmup_seconds=time.perf_counter() - started)
 
+    def blank_batch(self, size: int) -> np.ndarray:
+        """``size`` zero images in the session's input layout and type (warm-up, tests)."""
+        assert self.session is not None
+        h, w = self.manifest.input.height, self.manifest.input.width
+        shape = (size, h, w, 3) if self.channels_last else (size, 3, h, w)
+        return np.zeros(shape, self.session.input_dtype)
+
     @property
     def providers(self) -> list[str]:
         return self.session.providers if self.session else []
@@ -105,7 +115,8 @@ class VisionModel:
         spec, pre = self.manifest.input, self.manifest.preprocessing
         prepared = [prepare_image(img, spec, pre, params.overrides) for img in images]
         assert self.session is not None
-        return to_tensor([p[0] for p in prepared], spec, self.session.input_dtype), [p[1] for p in prepared]
+        tensor = to_tensor([p[0] for p in prepared], spec, self.session.input_dtype, channels_last=self.channels_last)
+        return tensor, [p[1] for p in prepared]
 
     def decode(self, outputs: list[np.ndarray], transforms: list[ImageTransform], params: InferenceParams,
                images: list[np.ndarray]) -> list[dict]:
