@@ -141,6 +141,8 @@ VARIANTS = {
     "haproxy-fp16-graph": {"env": HAPROXY, "args": {"precision": "fp16", "cuda_graph": True, "shared_arena": True}},
     "haproxy-fp16": {"env": HAPROXY, "args": {"precision": "fp16", "shared_arena": True}},
     "haproxy-graph": {"env": HAPROXY, "args": {"cuda_graph": True}},
+    # JPEGs decoded on the GPU (nvImageCodec: the H200's hardware JPEG engines), pixels back to the host
+    "haproxy-graph-gpujpeg": {"env": HAPROXY, "args": {"cuda_graph": True, "gpu_jpeg_decode": True}},
     # the same config behind Ray's Python proxy (a plain `serve run`)
     "proxy": {},
     # the replicas as the HTTP ingress, no gateway (no alias resolution before routing, no affinity)

@@ -5,18 +5,20 @@
 #   bash benchmarks/gpu_device.sh session OUT        # benchmarks/gpu_session.py (ORT alone)
 #   bash benchmarks/gpu_device.sh tests OUT          # tests/test_gpu.py
 #   bash benchmarks/gpu_device.sh precision OUT S    # benchmarks/gpu_precision.py within S seconds
+#   bash benchmarks/gpu_device.sh decode OUT         # benchmarks/gpu_decode.py (JPEG decode, CPU and GPU)
 #   bash benchmarks/gpu_device.sh bench OUT ARGS...  # benchmarks/gpu.py ARGS (LIMIT_S bounds it, default 560)
 # Every step is bounded by `timeout` and writes its log under OUT as it goes.
 set -u
 step=$1; out=${2:-/tmp/out}; shift 2 || true
 export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
-export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/tmp/site/nvidia/cu13/lib:/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 export PATH=/tmp/site/bin:$PATH
 mkdir -p "$out"
 case $step in
   install)
     cat /tmp/w/bundle.tar.xz.part* | python3 -c "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp', filter='tar')" &&
       rm -f /tmp/w/bundle.tar.xz.part* &&
+      { [ ! -f /tmp/w/nvimg.tar.xz ] || tar xJf /tmp/w/nvimg.tar.xz -C /tmp/site; } &&  # a [gpu] extra sent on its own
       python3 -c "import onnxruntime as o, ray; print('ort', o.__version__, o.get_available_providers(), 'ray', ray.__version__)" ;;
   wheels)
     cd /tmp/w && cat wheels.tar.part* > wheels.tar && tar xf wheels.tar && rm wheels.tar.part* &&
@@ -25,6 +27,8 @@ case $step in
   session)
     timeout 240 python3 -m benchmarks.gpu_session --onnx .cache/bench/export/yolov8n.onnx --out "$out" 2>&1 \
       | grep -v "^\s*$" | tee "$out/gpu_session.log" ;;
+  decode)
+    timeout 150 python3 -m benchmarks.gpu_decode --out "$out" 2>&1 | grep -v "^\s*$" | tee "$out/gpu_decode.log" ;;
   tests)
     timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs 2>&1 | tee "$out/test_gpu.log" ;;
   precision)

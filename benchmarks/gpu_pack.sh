@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs what the GPU machine lacks for benchmarks/gpu.py with Roboflow Inference beside this server:
 # two ready-to-import package folders, installed here for that machine's Python 3.12 and x86-64,
-#   site/    ray[serve], onnxruntime-gpu and this project's runtime dependencies
+#   site/    ray[serve], onnxruntime-gpu and this project's runtime dependencies (with the [gpu]
+#            extra: nvImageCodec and the nvJPEG it loads)
 #   rfsite/  inference-gpu and the parts of its dependency tree that `import inference` needs
 #            (its own fastapi/pydantic; torch, numpy, OpenCV and onnxruntime come from the machine
 #            and from site/)
@@ -25,7 +26,8 @@ on_image="numpy aiohttp pyyaml multidict msgpack protobuf charset_normalizer wra
   typing_extensions flatbuffers prometheus_client pyparsing psutil virtualenv distlib"
 
 python3 -m pip download -q "${plat[@]}" -d "$work/base" "ray[serve]==2.60.0" "onnxruntime-gpu==1.31.1" \
-  simplejpeg orjson pybase64 onnxconverter-common swagger-ui-bundle py-spy 2>&1 | grep -v "^WARNING: Location" || true
+  simplejpeg orjson pybase64 onnxconverter-common swagger-ui-bundle py-spy \
+  "nvidia-nvimgcodec-cu13==0.9.0.20" "nvidia-nvjpeg==13.3.2.43" 2>&1 | grep -v "^WARNING: Location" || true
 for skip in $on_image; do rm -f "$work/base/${skip}"-[0-9]*.whl; done
 
 # Roboflow's side: the distributions `import inference` loads (read from .venv-rf by importing its
@@ -40,6 +42,7 @@ rm -f "$work"/rf/pybase64-*cp311*.whl && cp "$work"/base/pybase64-*.whl "$work/r
 
 mkdir -p "$work/stage"
 python3 -m pip install -q --no-index --no-deps --no-compile "${plat[@]}" --target "$work/stage/site" "$work"/base/*.whl
+rm -f "$work/stage/site/nvidia/__init__.py"  # nvidia.* stays a namespace shared with the machine's own nvidia wheels
 python3 -m pip install -q --no-index --no-deps --no-compile "${plat[@]}" --target "$work/stage/rfsite" "$work"/rf/*.whl
 tar -cf - -C "$work/stage" site rfsite | xz -5 -T0 > "$work/bundle.tar.xz"
 rm -rf "$out" && mkdir -p "$out"

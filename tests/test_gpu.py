@@ -106,6 +106,62 @@ def test_classification_on_gpu_matches_cpu():
         assert g["top"] == c["top"] and abs(g["confidence"] - c["confidence"]) < 0.01
 
 
+def gpu_jpeg():
+    from serve_app.pipeline.gpu_jpeg import gpu_jpeg_decoder
+
+    decoder = gpu_jpeg_decoder(0)  # the project's [gpu] extra: on a GPU machine it must start
+    assert decoder is not None, "nvImageCodec (pip install 'serve-app[gpu]') does not start on this GPU"
+    return decoder
+
+
+def test_gpu_jpeg_decode_gives_the_cpu_decoders_pixels_and_answers(scenes):
+    import cv2
+
+    from serve_app.errors import InvalidImage
+    from serve_app.pipeline.images import ImageLimits, decode_image_bytes
+
+    decoder, limits, model = gpu_jpeg(), ImageLimits(), on_gpu("shapes-det/1")
+    for scene in scenes:
+        jpeg = cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        direct = decoder(jpeg)
+        assert direct is not None and direct.shape == scene.image.shape  # a baseline JPEG: the GPU took it
+        cpu = decode_image_bytes(jpeg, limits)
+        gpu = decode_image_bytes(jpeg, limits, jpeg_decoder=decoder)
+        assert gpu.shape == cpu.shape and gpu.dtype == np.uint8 and gpu.flags.c_contiguous
+        diff = np.abs(gpu.astype(np.int16) - cpu)  # nvJPEG's IDCT and chroma upsampling against libjpeg-turbo's
+        assert diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 8, (diff.mean(), diff.max())
+        c = model.predict([cpu], PARAMS)[0]["predictions"]
+        g = model.predict([gpu], PARAMS)[0]["predictions"]
+        assert len(g) == len(c)
+        assert len(match(pred_boxes(c), [p["class"] for p in c], g, min_iou=0.97)) == len(c)
+    # what the GPU refuses or what is not a whole JPEG keeps the CPU's answer
+    jpeg = cv2.imencode(".jpg", scenes[0].image)[1].tobytes()
+    with pytest.raises(InvalidImage, match="truncated"):
+        decode_image_bytes(jpeg[: len(jpeg) // 2], limits, jpeg_decoder=decoder)
+    progressive = cv2.imencode(".jpg", scenes[1].image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert decode_image_bytes(progressive, limits, jpeg_decoder=decoder).shape == scenes[1].image.shape
+    assert decoder(b"\xff\xd8\xff\xd9") is None
+
+
+def test_gpu_jpeg_decode_keeps_exif_orientation_to_images_py(scenes):
+    import cv2
+    from PIL import Image
+
+    from serve_app.pipeline.images import ImageLimits, decode_image_bytes
+
+    decoder = gpu_jpeg()
+    rgb = cv2.cvtColor(scenes[2].image[:, :600], cv2.COLOR_BGR2RGB)  # not square: a rotation shows
+    buffer = __import__("io").BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=92, exif=exif)
+    data = buffer.getvalue()
+    cpu = decode_image_bytes(data, ImageLimits())
+    gpu = decode_image_bytes(data, ImageLimits(), jpeg_decoder=decoder)
+    assert cpu.shape == gpu.shape == (600, scenes[2].image.shape[0], 3)  # rotated once, not twice
+    assert np.abs(gpu.astype(np.int16) - cpu).mean() < 1.0
+
+
 def test_a_replica_with_half_a_gpu_serves_on_it(ray_serve, tmp_path, scenes):
     import time
 
@@ -116,16 +172,17 @@ def test_a_replica_with_half_a_gpu_serves_on_it(ray_serve, tmp_path, scenes):
 
     if not ray.cluster_resources().get("GPU"):
         pytest.skip("Ray sees no GPU on this node")
-    app = deploy_app(ray_serve, tmp_path, {"providers": list(CUDA), "max_batch_size": 4},
+    app = deploy_app(ray_serve, tmp_path, {"providers": list(CUDA), "max_batch_size": 4, "gpu_jpeg_decode": True},
                      model_server_extra={"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}})
     try:
-        body = cv2.imencode(".png", scenes[0].image)[1].tobytes()
-        r = app.post("/infer", data=body, headers={"serve_multiplexed_model_id": "shapes-det/1"})
-        assert r.status_code == 200, r.text
         expected = builtin("shapes-det/1").predict([scenes[0].image], InferenceParams())[0]["predictions"]
-        got = r.json()["predictions"]
-        assert len(got) == len(expected)
-        assert len(match(pred_boxes(expected), [p["class"] for p in expected], got, min_iou=0.98)) == len(expected)
+        for fmt, min_iou in ((".png", 0.98), (".jpg", 0.95)):  # the JPEG decodes on the GPU
+            body = cv2.imencode(fmt, scenes[0].image)[1].tobytes()
+            r = app.post("/infer", data=body, headers={"serve_multiplexed_model_id": "shapes-det/1"})
+            assert r.status_code == 200, r.text
+            got = r.json()["predictions"]
+            assert len(got) == len(expected), fmt
+            assert len(match(pred_boxes(expected), [p["class"] for p in expected], got, min_iou=min_iou)) == len(expected)
         deadline = time.time() + 10  # replicas report what they hold asynchronously
         while True:
             held = [m for m in app.get("/model/registry").json()["models"] if m["model_id"] == "shapes-det/1"]

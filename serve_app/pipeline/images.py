@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover
 
 from serve_app.errors import InvalidImage, PayloadTooLarge
 from serve_app.options import ImageLimits
+from serve_app.pipeline.gpu_jpeg import JpegDecoder
 from serve_app.pipeline.image_urls import fetch_image_url
 
 __all__ = [
@@ -91,7 +92,8 @@ _ACCEPTED_TYPES = ("base64", "url", "npy")
 _PICKLE_TYPES = frozenset({"numpy", "numpy_object", "pil"})
 
 
-def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = True) -> np.ndarray:
+def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = True,
+                       jpeg_decoder: JpegDecoder | None = None) -> np.ndarray:
     """Decode an encoded image (JPEG, PNG, WebP, BMP, TIFF, GIF first frame) to HxWx3 BGR uint8.
 
     Greyscale becomes 3 channels, 16-bit samples keep their high byte (``>> 8``), alpha is
@@ -99,7 +101,8 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = 
     ``auto_orient`` the EXIF orientation (1-8) is applied, matching ``cv2.imdecode(data,
     cv2.IMREAD_COLOR)``. Raises PayloadTooLarge past ``max_file_bytes`` or ``max_pixels``
     (checked on the header, before decoding) and InvalidImage for empty, unknown, corrupt or
-    truncated data.
+    truncated data. ``jpeg_decoder`` (``pipeline/gpu_jpeg.py``) is tried first for a checked 8-bit
+    JPEG; where it returns None the CPU decoders decide.
 
     >>> ok, png = cv2.imencode(".png", np.zeros((2, 3), np.uint8))
     >>> decode_image_bytes(png.tobytes(), ImageLimits()).shape
@@ -117,7 +120,7 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, *, auto_orient: bool = 
         with image:
             applied = 1  # the orientation the decoder already applied
             if with_opencv:
-                bgr = _decode_with_opencv(data, image.format)
+                bgr = _decode_with_opencv(data, image.format, jpeg_decoder)
             else:
                 bgr = _pillow_to_bgr(image)
                 if _pillow_oriented(image, stored):
@@ -212,11 +215,13 @@ def _pillow_oriented(image: Image.Image, stored: int) -> bool:
             and _EXIF_ORIENTATION not in tags)
 
 
-def _decode_with_opencv(data: bytes, image_format: str | None) -> np.ndarray:
+def _decode_with_opencv(data: bytes, image_format: str | None, jpeg_decoder: JpegDecoder | None = None) -> np.ndarray:
     if image_format in ("JPEG", "MPO"):
         if not _jpeg_is_complete(data):
             raise InvalidImage("JPEG image is truncated: its data ends before the end-of-image marker")
-        bgr = _decode_jpeg_turbo(data)
+        bgr = jpeg_decoder(data) if jpeg_decoder is not None else None
+        if bgr is None:
+            bgr = _decode_jpeg_turbo(data)
         if bgr is not None:
             return bgr
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _OPENCV_FLAGS)
@@ -542,8 +547,10 @@ def body_source(data: bytes, content_type: str | None, limits: ImageLimits) -> I
     return ImageSource("encoded", data)
 
 
-def load_source(source: ImageSource, limits: ImageLimits, *, auto_orient: bool = True) -> np.ndarray:
-    """The pixels of an :class:`ImageSource` (a URL is fetched under ``limits`` first).
+def load_source(source: ImageSource, limits: ImageLimits, *, auto_orient: bool = True,
+                jpeg_decoder: JpegDecoder | None = None) -> np.ndarray:
+    """The pixels of an :class:`ImageSource` (a URL is fetched under ``limits`` first; JPEGs are
+    offered to ``jpeg_decoder`` first, see :func:`decode_image_bytes`).
 
     >>> ok, png = cv2.imencode(".png", np.zeros((2, 3, 3), np.uint8))
     >>> load_source(ImageSource("encoded", png.tobytes()), ImageLimits()).shape
@@ -552,7 +559,7 @@ def load_source(source: ImageSource, limits: ImageLimits, *, auto_orient: bool =
     if source.kind == "npy":
         return decode_npy(source.data, limits)  # type: ignore[arg-type]
     data = fetch_image_url(source.data, limits) if source.kind == "url" else source.data
-    return decode_image_bytes(data, limits, auto_orient=auto_orient)  # type: ignore[arg-type]
+    return decode_image_bytes(data, limits, auto_orient=auto_orient, jpeg_decoder=jpeg_decoder)  # type: ignore[arg-type]
 
 
 def load_image(

@@ -30,6 +30,7 @@ from serve_app.errors import ArtifactError, SchemaError, ServeAppError
 from serve_app.http.direct import direct_infer
 from serve_app.http.requests import MAX_IMAGES_PER_REQUEST, ModelRequest  # noqa: F401 (the name stays here too)
 from serve_app.http.visualize import render
+from serve_app.pipeline.gpu_jpeg import gpu_jpeg_decoder
 from serve_app.pipeline.images import load_source
 from serve_app.registry.actor import registry_handle
 from serve_app.registry.manifest import Manifest, split_key
@@ -99,6 +100,11 @@ class ModelServerCore:
         # kernel launches overlap another's)
         self.infer_pool = inference_executor(s.inference_scheduler, s.inference_threads, s.inference_model_threads,
                                              gpu=probe.device == "gpu")
+        # Ray's CUDA_VISIBLE_DEVICES makes the replica's GPU device 0
+        self.jpeg_decoder = gpu_jpeg_decoder(0) if s.gpu_jpeg_decode and _gpu_ids() else None
+        if s.gpu_jpeg_decode and not _gpu_ids():
+            log.warning("replica %s: gpu_jpeg_decode asked, but Ray gave this replica no GPU; JPEGs decode on the CPU",
+                        self.replica_id)
         log.info("replica %s: models measured on the %s, budget %s, at most %d models", self.replica_id, probe.device,
                  f"{budget / 2**20:.0f} MiB" if budget else "none (count cap only)", s.max_models_per_replica)
 
@@ -273,7 +279,7 @@ class ModelServerCore:
         out = []
         for i, source in enumerate(request.images):
             try:
-                out.append(load_source(source, limits, auto_orient=auto_orient))
+                out.append(load_source(source, limits, auto_orient=auto_orient, jpeg_decoder=self.jpeg_decoder))
             except ServeAppError as exc:
                 raise type(exc)(f"image[{i}]: {exc.message}" if len(request.images) > 1 else exc.message) from None
         return out
@@ -402,6 +408,7 @@ class ModelServerCore:
 
     def describe(self) -> dict:
         return {"replica": self.replica_id, "ready": self.ready, "loaded": list(self.cache.held()),
+                "jpeg_decoder": "gpu" if self.jpeg_decoder is not None else "cpu",
                 "evictions": [e["model_id"] for e in self.cache.evictions], **self.cache.describe()}
 
 
