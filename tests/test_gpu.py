@@ -150,7 +150,8 @@ def test_gpu_jpeg_decode_keeps_exif_orientation_to_images_py(scenes):
     from serve_app.pipeline.images import ImageLimits, decode_image_bytes
 
     decoder = gpu_jpeg()
-    rgb = cv2.cvtColor(scenes[2].image[:, :600], cv2.COLOR_BGR2RGB)  # not square: a rotation shows
+    stored = scenes[2].image[:, :500]  # not square: a rotation shows
+    rgb = cv2.cvtColor(stored, cv2.COLOR_BGR2RGB)
     buffer = __import__("io").BytesIO()
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -158,7 +159,8 @@ def test_gpu_jpeg_decode_keeps_exif_orientation_to_images_py(scenes):
     data = buffer.getvalue()
     cpu = decode_image_bytes(data, ImageLimits())
     gpu = decode_image_bytes(data, ImageLimits(), jpeg_decoder=decoder)
-    assert cpu.shape == gpu.shape == (600, scenes[2].image.shape[0], 3)  # rotated once, not twice
+    assert stored.shape[0] != stored.shape[1]
+    assert cpu.shape == gpu.shape == (stored.shape[1], stored.shape[0], 3)  # turned once, not twice
     assert np.abs(gpu.astype(np.int16) - cpu).mean() < 1.0
 
 
