@@ -138,11 +138,13 @@ VARIANTS = {
         ["CUDAExecutionProvider", {"cudnn_conv_use_max_workspace": "0"}], "CPUExecutionProvider"]}},
     # the opt-in GPU session features (issue 14): float16 graphs, a CUDA graph for the batch-1
     # session, one arena for all of a replica's sessions
-    "haproxy-fp16-graph": {"env": HAPROXY, "args": {"precision": "fp16", "cuda_graph": True, "shared_arena": True}},
+    "haproxy-fp16-graph": {"env": HAPROXY, "args": {"precision": "fp16", "cuda_graph": True, "shared_arena": True,
+                                                    "max_models_per_replica": 1}},
     "haproxy-fp16": {"env": HAPROXY, "args": {"precision": "fp16", "shared_arena": True}},
-    "haproxy-graph": {"env": HAPROXY, "args": {"cuda_graph": True}},
+    # a CUDA graph needs one model per replica (settings.py says why; the spread of --spread then reloads)
+    "haproxy-graph": {"env": HAPROXY, "args": {"cuda_graph": True, "max_models_per_replica": 1}},
     # JPEGs decoded on the GPU (nvImageCodec: the H200's hardware JPEG engines), pixels back to the host
-    "haproxy-graph-gpujpeg": {"env": HAPROXY, "args": {"cuda_graph": True, "gpu_jpeg_decode": True}},
+    "haproxy-gpujpeg": {"env": HAPROXY, "args": {"gpu_jpeg_decode": True}},
     # the same config behind Ray's Python proxy (a plain `serve run`)
     "proxy": {},
     # the replicas as the HTTP ingress, no gateway (no alias resolution before routing, no affinity)

@@ -96,6 +96,15 @@ class Settings:
             object.__setattr__(self, name, Secret.from_arg(getattr(self, name)))
         if self.precision not in PRECISIONS:
             raise ManifestError(f"precision must be one of {list(PRECISIONS)}; got {self.precision!r}")
+        if self.cuda_graph and (self.max_models_per_replica != 1 or self.gpu_jpeg_decode):
+            # ONNX Runtime records the graph in CUDA's global capture mode, which fails any other GPU call
+            # the process makes meanwhile: a replica loading a model while it served another, or decoding
+            # JPEGs on the GPU, failed requests (cudaErrorStreamCaptureInvalidated; H200, 16-213 errors per
+            # pass over 3 and 12 models, none without the graph: benchmarks/results/gpu/gpu_h200_graph_spread.json,
+            # gpu_h200_plain_spread.json, gpu_h200_gpujpeg_vs_roboflow.json)
+            raise ManifestError("cuda_graph needs max_models_per_replica: 1 and gpu_jpeg_decode: false: a CUDA "
+                                "graph is recorded in CUDA's global capture mode, where another model's calls or a "
+                                "GPU JPEG decode in the same replica fail requests")
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None = None) -> "Settings":

@@ -157,11 +157,16 @@ def test_fixed_buffer_runner_pads_chunks_and_refreshes_its_input():
 
 
 def test_settings_carry_the_features_to_session_options():
-    options = Settings.from_args({"precision": "fp16", "cuda_graph": True, "shared_arena": True}).session_options
+    options = Settings.from_args({"precision": "fp16", "cuda_graph": True, "shared_arena": True,
+                                  "max_models_per_replica": 1}).session_options
     assert (options.precision, options.cuda_graph, options.shared_arena) == ("fp16", True, True)
     default = Settings.from_args({}).session_options
     assert (default.precision, default.cuda_graph, default.shared_arena) == ("fp32", False, False)
     with pytest.raises(ManifestError, match="precision"):
         Settings.from_args({"precision": "int8"})
+    # a CUDA graph records in CUDA's global capture mode: other GPU work in the replica must not exist
+    for other in ({}, {"max_models_per_replica": 4}, {"max_models_per_replica": 1, "gpu_jpeg_decode": True}):
+        with pytest.raises(ManifestError, match="cuda_graph needs max_models_per_replica: 1"):
+            Settings.from_args({"cuda_graph": True, **other})
     with pytest.raises(ValueError, match="precision"):
         SessionOptions(precision="half")

@@ -11,9 +11,7 @@ addresses it was recorded with, and only the shape it was recorded with, so each
 - has its outputs bound to the device buffers its first call produced, then copied to the host.
 
 A call of a batch size without its own session is padded to the next bucket (or run in chunks of
-the largest); a lock per bucket keeps two threads from sharing its buffers. The first call of a
-bucket records its graph with the process's GPU to itself (``pipeline/gpu_gate.py``); replays
-share it.
+the largest); a lock per bucket keeps two threads from sharing its buffers.
 
 >>> # runner = CudaGraphRunner({1: session_1, 8: session_8}, "images", ["output0"], device_id=0)
 >>> # outputs = runner.run(np.zeros((3, 3, 640, 640), np.uint8))  # padded to 8, 3 rows back
@@ -26,8 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
-
-from serve_app.pipeline.gpu_gate import GPU_GATE
 
 PROVIDER_OPTION = "enable_cuda_graph"
 
@@ -72,15 +68,13 @@ class CudaGraphRunner:
         with self._locks[size]:
             bound = self._bound.get(size)
             if bound is None:
-                with GPU_GATE.exclusive():  # no other thread may touch the GPU while CUDA records
-                    return self._first_run(size, tensor)
+                return self._first_run(size, tensor)
             if tuple(tensor.shape) != bound.shape or tensor.dtype != bound.dtype:
                 raise ValueError(f"a CUDA-graph session replays the shape it recorded, {list(bound.shape)}; "
                                  f"got {list(tensor.shape)} {tensor.dtype}")
-            with GPU_GATE.shared():
-                bound.input.update_inplace(tensor)
-                self.sessions[size].run_with_iobinding(bound.binding)
-                return bound.binding.copy_outputs_to_cpu()
+            bound.input.update_inplace(tensor)
+            self.sessions[size].run_with_iobinding(bound.binding)
+            return bound.binding.copy_outputs_to_cpu()
 
     def _first_run(self, size: int, tensor: np.ndarray) -> list[np.ndarray]:
         session = self.sessions[size]

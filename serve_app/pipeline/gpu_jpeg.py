@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.pipeline.gpu_gate import GPU_GATE
-
 log = logging.getLogger(__name__)
 
 JpegDecoder = Callable[[bytes], "np.ndarray | None"]
@@ -45,9 +43,8 @@ class GpuJpegDecoder:
     def __call__(self, data: bytes) -> np.ndarray | None:
         decoder = self._idle.get()
         try:
-            with GPU_GATE.shared():  # a CUDA-graph capture elsewhere in the process must not see it
-                image = decoder.decode(self._nv.CodeStream(data), params=self._params)
-                host = None if image is None else image.cpu()  # waits for the decode, then copies
+            image = decoder.decode(self._nv.CodeStream(data), params=self._params)
+            host = None if image is None else image.cpu()  # waits for the decode, then copies
         except RuntimeError:  # nvImageCodec raises RuntimeError for what its backends cannot parse
             return None
         finally:

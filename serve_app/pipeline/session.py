@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,6 @@ from serve_app.options import SessionOptions
 from serve_app.pipeline.arena import USE_ENV_ALLOCATORS, share_allocators
 from serve_app.pipeline.cuda_graph import PROVIDER_OPTION as CUDA_GRAPH_OPTION
 from serve_app.pipeline.cuda_graph import CudaGraphRunner
-from serve_app.pipeline.gpu_gate import GPU_GATE
 from serve_app.pipeline.precision import convert_to_fp16
 
 log = logging.getLogger(__name__)
@@ -63,15 +61,9 @@ def _name(entry: Any) -> str:
     return entry if isinstance(entry, str) else entry[0]
 
 
-def _gated(on_gpu: bool) -> AbstractContextManager:
-    """GPU work waits while another thread records a CUDA graph (``pipeline/gpu_gate.py``)."""
-    return GPU_GATE.shared() if on_gpu else nullcontext()
-
-
 def _create(payload: bytes, so: ort.SessionOptions, providers: list[Any], label: str) -> ort.InferenceSession:
     try:
-        with _gated(_name(providers[0]) in GPU_PROVIDERS):  # a CUDA session allocates as it starts
-            return ort.InferenceSession(payload, sess_options=so, providers=providers)
+        return ort.InferenceSession(payload, sess_options=so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
         raise ModelLoadError(f"{label}: ONNX Runtime cannot load the weights: {str(exc).splitlines()[0][:300]}") from None
 
@@ -227,12 +219,11 @@ class OnnxSession:
             # without a bucket session of their own replay it row by row
             return self.cuda_graph.run(tensor)
         session = self.by_batch_size.get(len(tensor), self.session)
-        with _gated(self.providers[0] in GPU_PROVIDERS):
-            if not self.io_binding:
-                return session.run(self.output_names, {self.input_name: tensor})
-            binding = session.io_binding()
-            binding.bind_cpu_input(self.input_name, tensor)
-            for name in self.output_names:
-                binding.bind_output(name, "cpu")
-            session.run_with_iobinding(binding)
-            return binding.copy_outputs_to_cpu()
+        if not self.io_binding:
+            return session.run(self.output_names, {self.input_name: tensor})
+        binding = session.io_binding()
+        binding.bind_cpu_input(self.input_name, tensor)
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
