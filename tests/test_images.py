@@ -707,3 +707,82 @@ def test_size_limit(server: _Server) -> None:
     with pytest.raises(PayloadTooLarge, match="/huge-unsized is more than 100,000 bytes"):
         fetch_image_url(f"{base(server)}/huge-unsized", limits)
     assert len(fetch_image_url(f"{base(server)}/huge", LOCAL)) == 1_000_000
+
+
+# -- the JPEG header read without Pillow: Pillow's answer, faster -----------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from serve_app.pipeline.images import _decode_with_pillow_header, _plain_jpeg_header  # noqa: E402
+
+
+def _outcome(fn, data: bytes, limits: ImageLimits, auto_orient: bool):
+    try:
+        return fn(data, limits, auto_orient)
+    except (InvalidImage, PayloadTooLarge) as exc:
+        return type(exc)
+
+
+def _both(data: bytes, limits: ImageLimits, auto_orient: bool = True):
+    fast = _outcome(lambda d, lim, a: decode_image_bytes(d, lim, auto_orient=a), data, limits, auto_orient)
+    slow = _outcome(lambda d, lim, a: _decode_with_pillow_header(d, lim, a, None), data, limits, auto_orient)
+    return fast, slow
+
+
+def _jpeg(rng: np.random.Generator, h: int, w: int, grey: bool, orientation: int | None, progressive: bool,
+          quality: int) -> bytes:
+    pixels = rng.integers(0, 256, (h, w) if grey else (h, w, 3), dtype=np.uint8)
+    pixels[: h // 2] //= 3  # some structure, so orientation errors show
+    buffer = io.BytesIO()
+    kwargs: dict = {"quality": quality, "progressive": progressive}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        exif[0x010F] = "camera"  # another IFD0 tag beside it
+        kwargs["exif"] = exif
+    Image.fromarray(pixels).save(buffer, "JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1), st.integers(1, 64), st.integers(1, 64), st.booleans(),
+       st.sampled_from([None, 1, 2, 3, 4, 5, 6, 7, 8]), st.booleans(), st.integers(30, 100), st.booleans())
+def test_plain_jpeg_header_gives_pillows_pixels_size_and_orientation(seed, h, w, grey, orientation, progressive,
+                                                                       quality, auto_orient):
+    data = _jpeg(np.random.default_rng(seed), h, w, grey, orientation, progressive, quality)
+    assert _plain_jpeg_header(data) == (w, h, orientation or 1)  # the fast path is the one taken
+    fast, slow = _both(data, ImageLimits(), auto_orient)
+    assert isinstance(fast, np.ndarray) and fast.flags.c_contiguous and fast.flags.writeable
+    np.testing.assert_array_equal(fast, slow)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1), st.sampled_from([None, 6]), st.integers(0, 10**6), st.integers(0, 255),
+       st.sampled_from(["flip", "cut", "both"]))
+def test_damaged_jpegs_get_the_answer_pillows_header_gives(seed, orientation, where, value, damage):
+    data = bytearray(_jpeg(np.random.default_rng(seed), 24, 40, False, orientation, False, 80))
+    if damage in ("flip", "both"):
+        data[where % len(data)] = value
+    if damage in ("cut", "both"):
+        del data[max(2, where % len(data)):]
+    fast, slow = _both(bytes(data), ImageLimits())
+    if isinstance(fast, np.ndarray) and isinstance(slow, np.ndarray):
+        np.testing.assert_array_equal(fast, slow)
+    else:  # the same kind of error (400 or 413), whichever reader saw the damage first
+        assert fast == slow, (fast if isinstance(fast, type) else "pixels", slow if isinstance(slow, type) else "pixels")
+
+
+def test_unusual_jpeg_headers_are_left_to_pillow():
+    rgb = np.random.default_rng(3).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buffer, "JPEG")  # Adobe segment, 4 components
+    assert _plain_jpeg_header(buffer.getvalue()) is None
+    assert decode_image_bytes(buffer.getvalue(), ImageLimits()).shape == (8, 8, 3)
+    plain = cv2.imencode(".jpg", rgb)[1].tobytes()
+    two_exif = plain[:2] + (b"\xff\xe1\x00\x08Exif\x00\x00") * 2 + plain[2:]  # Pillow decides which counts
+    assert _plain_jpeg_header(two_exif) is None
+    assert _plain_jpeg_header(plain[:-10]) is not None  # the header is whole; the decode then refuses it
+    with pytest.raises(InvalidImage, match="truncated"):
+        decode_image_bytes(plain[:-10], ImageLimits())
+    with pytest.raises(PayloadTooLarge, match="pixels"):  # limits apply on the fast path too
+        decode_image_bytes(plain, ImageLimits(max_pixels=63))
