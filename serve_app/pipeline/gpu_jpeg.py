@@ -10,6 +10,12 @@ truncation and EXIF orientation stay with ``images.py``: this only turns checked
 nvImageCodec is an optional dependency (``pip install 'serve-app[gpu]'``, the CUDA 13 wheel);
 :func:`gpu_jpeg_decoder` returns None, with a log line, where it or a GPU is missing.
 
+Measured on an H200 (``benchmarks/gpu_decode.py``, ``results/gpu/gpu_decode_h200.json``): a
+640x480 JPEG in 0.39 ms and 0.41 ms of CPU against simplejpeg's 1.47 ms, pixels within one level
+of libjpeg-turbo's; but the server under load was slower with it (its decode step 17-19 against
+5-9 ms at 128-256 clients), so it is off by default. Settings refuse it beside ``cuda_graph``: a
+decode while ONNX Runtime records a graph fails the recording.
+
 >>> # decode = gpu_jpeg_decoder(device_id=0)   # None without nvImageCodec or a GPU
 >>> # bgr = decode(jpeg_bytes) if decode else None
 """
