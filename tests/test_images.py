@@ -786,3 +786,24 @@ def test_unusual_jpeg_headers_are_left_to_pillow():
         decode_image_bytes(plain[:-10], ImageLimits())
     with pytest.raises(PayloadTooLarge, match="pixels"):  # limits apply on the fast path too
         decode_image_bytes(plain, ImageLimits(max_pixels=63))
+    padded = plain[:2] + b"\xff\xe5\x00\x02" * 300 + plain[2:]  # more segments than a header needs
+    assert _plain_jpeg_header(padded) is None
+    np.testing.assert_array_equal(decode_image_bytes(padded, ImageLimits()), decode_image_bytes(plain, ImageLimits()))
+
+
+def test_every_one_byte_damage_to_a_jpeg_header_gets_pillows_answer():
+    """Each byte of the header (markers, lengths, EXIF, tables) set to values that mean something
+    to a JPEG reader: the fast header read answers as Pillow's does, or leaves the file to it."""
+    base = _jpeg(np.random.default_rng(1), 24, 40, False, 6, False, 80)
+    taken = 0
+    for pos in range(2, base.index(b"\xff\xda") + 14):
+        for value in (0x00, 0x01, 0x12, 0xC0, 0xD9, 0xDA, 0xE1, 0xFF, base[pos] ^ 0x80):
+            data = bytearray(base)
+            data[pos] = value
+            taken += _plain_jpeg_header(bytes(data)) is not None
+            fast, slow = _both(bytes(data), ImageLimits())
+            if isinstance(fast, np.ndarray) and isinstance(slow, np.ndarray):
+                np.testing.assert_array_equal(fast, slow, err_msg=f"byte {pos} = {value:#x}")
+            else:
+                assert fast is slow, (pos, value, fast, slow)
+    assert taken > 1000  # most damage leaves a header the fast read still takes

@@ -75,6 +75,10 @@ _PILLOW_WARNINGS_LOCK = threading.Lock()
 _INVERSE_ORIENTATION = {6: 8, 8: 6}  # the other orientations undo themselves
 # the frame headers (SOF0-3, 5-7, 9-11, 13-15); 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC) are not
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE, UNDEFINED,
+# SSHORT, SLONG, SRATIONAL, FLOAT, DOUBLE, IFD, LONG8, SLONG8, IFD8)
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_HEADER_SEGMENTS_READ = 256  # segments before the first scan the fast header read walks (Pillow beyond)
 
 # A JPEG marker that ends entropy-coded data: 0xFF then anything but 0x00 (byte stuffing),
 # 0xD0-0xD7 (restart markers) or 0xFF (fill).
@@ -326,13 +330,15 @@ def _plain_jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     if not data.startswith(b"\xff\xd8"):
         return None
     size, pos, frame, orientation, exif_seen = len(data), 2, None, 1, False
-    while pos + 4 <= size:
-        if data[pos] != 0xFF:
+    for _ in range(_HEADER_SEGMENTS_READ):  # a camera's header has a dozen segments, a hostile one millions
+        if pos + 4 > size or data[pos] != 0xFF:
             return None
         marker = data[pos + 1]
         if marker == 0xFF:
             pos += 1
             continue
+        if marker < 0xC0 or 0xD0 <= marker <= 0xD8:  # not a header segment (Pillow refuses some of these)
+            return None
         length = int.from_bytes(data[pos + 2:pos + 4], "big")
         segment = data[pos + 4:pos + 2 + length]
         if length < 2 or len(segment) != length - 2:
@@ -354,7 +360,7 @@ def _plain_jpeg_header(data: bytes) -> tuple[int, int, int] | None:
         elif marker == 0xEE and segment.startswith(b"Adobe"):
             return None
         pos += 2 + length
-    else:
+    else:  # no scan within the segments read
         return None
     if frame is None:
         return None
@@ -370,7 +376,7 @@ def _exif_ifd0_orientation(tiff: bytes) -> int | None:
     """The orientation in a TIFF-structured EXIF block's first IFD: 1 when the tag is absent,
     None when the block or the tag is anything but well formed (Pillow then reads it).
 
-    >>> _exif_ifd0_orientation(bytes.fromhex("4d4d002a00000008" "0001" "011200030000000100060000"))
+    >>> _exif_ifd0_orientation(bytes.fromhex("4d4d002a00000008" "0001" "011200030000000100060000" "00000000"))
     6
     """
     order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
@@ -380,14 +386,20 @@ def _exif_ifd0_orientation(tiff: bytes) -> int | None:
     if ifd < 8 or ifd + 2 > len(tiff):
         return None
     count = int.from_bytes(tiff[ifd:ifd + 2], order)
-    if ifd + 2 + 12 * count > len(tiff):
+    if ifd + 2 + 12 * count + 4 > len(tiff):  # the entries and the next IFD's offset
         return None
     orientation = 1
     for k in range(count):
         entry = tiff[ifd + 2 + 12 * k:ifd + 14 + 12 * k]
-        if int.from_bytes(entry[0:2], order) != _EXIF_ORIENTATION:
+        tag, kind, n = int.from_bytes(entry[0:2], order), int.from_bytes(entry[2:4], order), int.from_bytes(entry[4:8], order)
+        item = _TIFF_TYPE_BYTES.get(kind)
+        if item is None:
+            return None
+        if item * n > 4 and int.from_bytes(entry[8:12], order) + item * n > len(tiff):
+            return None  # a value outside the block: Pillow drops the whole directory then
+        if tag != _EXIF_ORIENTATION:
             continue
-        kind, n, value = int.from_bytes(entry[2:4], order), int.from_bytes(entry[4:8], order), int.from_bytes(entry[8:10], order)
+        value = int.from_bytes(entry[8:10], order)
         if kind != 3 or n != 1 or not 1 <= value <= 8 or orientation != 1:
             return None
         orientation = value
