@@ -100,9 +100,10 @@ class ModelServerCore:
         # kernel launches overlap another's)
         self.infer_pool = inference_executor(s.inference_scheduler, s.inference_threads, s.inference_model_threads,
                                              gpu=probe.device == "gpu")
-        # Ray's CUDA_VISIBLE_DEVICES makes the replica's GPU device 0
-        self.jpeg_decoder = gpu_jpeg_decoder(0) if s.gpu_jpeg_decode and _gpu_ids() else None
-        if s.gpu_jpeg_decode and not _gpu_ids():
+        self.jpeg_decoder = None
+        if s.gpu_jpeg_decode and _gpu_ids():
+            self.jpeg_decoder = gpu_jpeg_decoder(0)  # Ray's CUDA_VISIBLE_DEVICES makes the replica's GPU device 0
+        elif s.gpu_jpeg_decode:
             log.warning("replica %s: gpu_jpeg_decode asked, but Ray gave this replica no GPU; JPEGs decode on the CPU",
                         self.replica_id)
         log.info("replica %s: models measured on the %s, budget %s, at most %d models", self.replica_id, probe.device,
