@@ -144,6 +144,8 @@ def test_gpu_jpeg_decode_gives_the_cpu_decoders_pixels_and_answers(scenes):
 
 
 def test_gpu_jpeg_decode_keeps_exif_orientation_to_images_py(scenes):
+    import io
+
     import cv2
     from PIL import Image
 
@@ -152,7 +154,7 @@ def test_gpu_jpeg_decode_keeps_exif_orientation_to_images_py(scenes):
     decoder = gpu_jpeg()
     stored = scenes[2].image[:, :500]  # not square: a rotation shows
     rgb = cv2.cvtColor(stored, cv2.COLOR_BGR2RGB)
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(rgb).save(buffer, "JPEG", quality=92, exif=exif)

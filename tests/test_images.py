@@ -17,12 +17,16 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from serve_app.errors import ImageFetchError, InvalidImage, PayloadTooLarge
 from serve_app.pipeline.image_urls import host_allowed, is_public_address
 from serve_app.pipeline.images import (
     ImageLimits,
+    _decode_with_pillow_header,
+    _plain_jpeg_header,
     decode_base64_image,
     decode_image_bytes,
     decode_npy,
@@ -710,10 +714,6 @@ def test_size_limit(server: _Server) -> None:
 
 
 # -- the JPEG header read without Pillow: Pillow's answer, faster -----------------------------------
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from serve_app.pipeline.images import _decode_with_pillow_header, _plain_jpeg_header  # noqa: E402
 
 
 def _outcome(fn, data: bytes, limits: ImageLimits, auto_orient: bool):

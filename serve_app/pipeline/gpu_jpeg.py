@@ -44,7 +44,6 @@ class GpuJpegDecoder:
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(decoders):  # one host thread each: the replica's own threads call in
             self._idle.put(nvimgcodec.Decoder(device_id=device_id, max_num_cpu_threads=1, backends=backends))
-        self.decoders = decoders
 
     def __call__(self, data: bytes) -> np.ndarray | None:
         decoder = self._idle.get()
