@@ -187,10 +187,10 @@ class LocalCluster:
         ports: dict[str, int] = {}
         while len(set(ports.values())) != len(names):
             ports = {n: free_port() for n in names}
-        # a range for this node's workers: below the ephemeral range that free_port draws from, and
-        # away from Ray's default 10002-19999 (other people's Ray instances on this host use it)
+        # a range for this node's workers: below the ports free_port draws from and the ephemeral
+        # range, away from Ray's default 10002-19999 (other people's Ray instances on this host use it)
         taken = {n.ports["min_worker"] for n in self.nodes}
-        base = random.choice([b for b in range(20000, 32000, 200) if b not in taken])
+        base = random.choice([b for b in range(20000, 26000, 200) if b not in taken])
         ports.update(min_worker=base, max_worker=base + 199)
         return ports
 

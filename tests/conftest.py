@@ -49,12 +49,12 @@ def ray_serve():
     tmp = Path(tempfile.mkdtemp(prefix="r", dir=ray_tmp_parent()))
     os.environ["RAY_TMPDIR"] = str(tmp)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    port = free_port()
     metrics_port = free_port()
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # tests read the exported metrics
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False,
              configure_logging=False, _metrics_export_port=metrics_port)
     RAY_METRICS["url"] = f"http://127.0.0.1:{metrics_port}/metrics"
+    port = free_port()  # after Ray's own processes have taken theirs
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield f"http://127.0.0.1:{port}"

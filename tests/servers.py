@@ -1,6 +1,7 @@
 """Real servers on loopback for the tests: an origin that counts requests and can misbehave."""
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from collections import Counter
@@ -8,10 +9,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 
+# Below Linux's ephemeral range (32768-60999), where every outgoing connection and every port Ray
+# binds to 0 lands, above Ray's default worker ports (10002-19999) and above the worker ranges
+# tests/cluster.py gives its nodes (20000-25999): a port found free here stays free until the test
+# binds it, where a kernel-chosen one was taken in between once (a CI run lost 168 tests to
+# "Failed to bind" on Serve's proxy).
+TEST_PORTS = range(26000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port outside the ranges the kernel and Ray hand out by themselves."""
+    for _ in range(200):
+        port = random.choice(TEST_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free test port in {TEST_PORTS}")
 
 
 class OriginServer:

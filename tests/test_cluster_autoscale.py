@@ -21,13 +21,16 @@ from tests.cluster import ROOT, ServeRun
 from tests.servers import free_port
 from zoo.shapes import draw_scene
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 HOT = "shapes-det/1"
 MAX_REPLICAS = 3
 TARGET = 2  # autoscaling target_ongoing_requests = spread_at_ongoing
 SHARE_AFTER_READY_S = 15.0
 SHARE_WINDOW_S = 12.0
+# 3 -> 2 -> 1 takes two downscale delays and two graceful drains; a busy 2-core CI box once took
+# longer than 120 s over it (it passed alone in 117 s), so the wait has room, the assertions are unchanged
+SCALE_DOWN_S = 240
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +117,7 @@ def test_added_replicas_serve_the_hot_model_and_scale_down_fails_nothing(cluster
 
     # the scale-down: the background client goes on until one replica is left (and a little more)
     down_started = time.time() - t0
-    deadline = time.time() + 120
+    deadline = time.time() + SCALE_DOWN_S
     while time.time() < deadline and len(live_replicas(app)) > 1:
         time.sleep(1)
     left = live_replicas(app)
@@ -124,6 +127,6 @@ def test_added_replicas_serve_the_hot_model_and_scale_down_fails_nothing(cluster
     during = Counter(o for s, a, o, _ in results if a >= down_started)
     summary += f"; scale-down from {down_started:.0f} s: {dict(during)}, left {[r['replica'][:8] for r in left]}"
     print(summary)
-    assert len(left) == 1, "the autoscaler did not scale down to one replica in 120 s: " + summary
+    assert len(left) == 1, f"the autoscaler did not scale down to one replica in {SCALE_DOWN_S} s: " + summary
     assert set(during) == {"200"}, "a request failed during the scale-down: " + summary
     assert left[0]["models"] and HOT in left[0]["models"], "the replica left does not hold the hot model: " + summary
