@@ -156,7 +156,8 @@ VARIANTS = {
 
 
 def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int, batch: int,
-                 cpu: bool = False, variant: dict | None = None, max_ongoing: int = 32, gpus: int = 1) -> ManagedProcess:
+                 cpu: bool = False, variant: dict | None = None, max_ongoing: int = 32, gpus: int = 1,
+                 replica_cpus: float = 2.0) -> ManagedProcess:
     """``serve run`` of configs/serve_gpu.yaml with the bench repository, sizes and variant."""
     import yaml
 
@@ -172,7 +173,8 @@ def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int
             d.update(num_replicas=gateways, ray_actor_options={"num_cpus": 0.25 if cpu else 1})
         else:
             d.update(num_replicas=replicas, max_ongoing_requests=max_ongoing,
-                     ray_actor_options={"num_cpus": 0.5 if cpu else 2, "num_gpus": 0 if cpu else round(gpus / replicas, 3)})
+                     ray_actor_options={"num_cpus": 0.5 if cpu else replica_cpus,
+                                        "num_gpus": 0 if cpu else round(gpus / replicas, 3)})
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "RAY_USAGE_STATS_ENABLED": "0", **(variant or {}).get("env", {})}
     return ManagedProcess("serve", [sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run",
@@ -367,6 +369,8 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--gateways", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--replica-cpus", type=float, default=2.0,
+                    help="ModelServer num_cpus (Ray's logical CPUs: 8 replicas and 4 gateways on 16 cores need 1)")
     ap.add_argument("--gpus", type=int, default=1, help="GPUs the replicas spread over (each gets gpus/replicas)")
     ap.add_argument("--replica-max-ongoing", type=int, default=32,
                     help="ModelServer max_ongoing_requests: past it a hot model spills onto more replicas")
@@ -405,7 +409,8 @@ def main() -> None:
     ids = write_repository(args.onnx, Path("/tmp/gpubench-repo"), 16)
     result["server"] = {}
     for name in args.variants.split(","):
-        result["server"][name] = {"variant": VARIANTS[name], "replicas": args.replicas, "gateways": args.gateways,
+        result["server"][name] = {"variant": VARIANTS[name], "replicas": args.replicas, "replica_cpus": args.replica_cpus,
+                                  "gateways": args.gateways,
                                   "max_batch": args.batch, "sweep": []}
         serve_variant(args, name, ids, images, result["server"][name], save)
 
@@ -452,7 +457,7 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
         rf = start_roboflow(work, args.onnx, args.rf_site, rf_port, args.rf_python)
         rf_url = f"http://127.0.0.1:{rf_port}"
     server = start_server(work, Path("/tmp/gpubench-repo"), port, args.replicas, args.gateways, args.batch, args.cpu,
-                          VARIANTS[name], args.replica_max_ongoing, args.gpus)
+                          VARIANTS[name], args.replica_max_ongoing, args.gpus, args.replica_cpus)
     try:
         infer = url + "/infer"
         if direct:  # no readiness route without the gateway: the first request answers it

@@ -1,0 +1,106 @@
+"""Where a cold load's time goes on the GPU, and whether building the bucket sessions side by side helps.
+
+    python -m benchmarks.gpu_cold --onnx yolov8n.onnx --out DIR [--rounds 3]
+
+A replica's first request for a model waits for the whole load: the uint8 input graph, one session
+per batch bucket (1 and 8 in configs/serve_gpu.yaml) and a warm-up call of each. This script takes
+the server's own session options and times, in one process, interleaved over ``rounds``:
+- ``served``: ``VisionModel.load`` as a replica calls it (the figure a cold request waits for);
+- ``phases``: the same steps one after another, each timed (graph rewrite, each session's build,
+  each warm-up);
+- ``threads``: the two sessions built and warmed in two threads at once (whether onnxruntime lets
+  go of the GIL while it builds, and the two warm-ups overlap on the card).
+Every load is of a distinct model (a metadata entry changes), as a replica's loads are.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from benchmarks.gpu import _manifest
+from benchmarks.gpu_machine import machine
+from serve_app.pipeline.graph import prepend_uint8_normalization
+from serve_app.registry.manifest import Manifest
+from serve_app.settings import Settings
+from serve_app.tasks.vision_model import VisionModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _variant(raw: bytes, i: int) -> bytes:
+    import onnx
+
+    m = onnx.load_from_string(raw)
+    m.metadata_props.append(onnx.StringStringEntryProto(key="cold_variant", value=str(i)))
+    return m.SerializeToString()
+
+
+def _build_and_warm(weights: bytes, options, size: int) -> tuple[float, float]:
+    from serve_app.pipeline.session import _create, _ort_options, _resolve_providers
+
+    providers, _ = _resolve_providers(options.providers, None)
+    t0 = time.perf_counter()
+    session = _create(weights, _ort_options(options, False), providers, "cold")
+    t1 = time.perf_counter()
+    session.run(None, {session.get_inputs()[0].name: np.zeros((size, 640, 640, 3), np.uint8)})
+    return t1 - t0, time.perf_counter() - t1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--onnx", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "gpu_cold.json"
+    server_args = yaml.safe_load((ROOT / "configs" / "serve_gpu.yaml").read_text())["applications"][0]["args"]
+    settings = Settings.from_args({k: v for k, v in server_args.items() if k not in ("cache_dir", "state_dir")})
+    options = settings.session_options
+    raw = args.onnx.read_bytes()
+    result: dict = {"machine": machine(os.environ.get("GIT_COMMIT")), "buckets": list(options.batch_sizes),
+                    "providers": [str(p) for p in options.providers], "rounds": []}
+    serial = 0
+    for r in range(args.rounds):
+        row: dict = {}
+        serial += 1
+        data = _variant(raw, serial)
+        manifest = Manifest.from_dict(_manifest(f"cold{serial}/1", data, ""))
+        t = time.perf_counter()
+        model = VisionModel.load(manifest, {"weights": data}, options)
+        row["served_ms"] = (time.perf_counter() - t) * 1e3
+        row["served_warmup_ms"] = model.warmup_seconds * 1e3
+        del model
+
+        serial += 1
+        data = _variant(raw, serial)
+        t = time.perf_counter()
+        weights = prepend_uint8_normalization(data, 1 / 255, channels_last=True, reverse_channels=True)
+        row["rewrite_ms"] = (time.perf_counter() - t) * 1e3
+        for size in (1, *[b for b in options.batch_sizes if b != 1]):
+            build, warm = _build_and_warm(weights, options, size)
+            row[f"build_{size}_ms"], row[f"warm_{size}_ms"] = build * 1e3, warm * 1e3
+        row["phases_total_ms"] = sum(v for k, v in row.items() if k.startswith(("rewrite", "build", "warm")))
+
+        serial += 1
+        weights = prepend_uint8_normalization(_variant(raw, serial), 1 / 255, channels_last=True, reverse_channels=True)
+        sizes = (1, *[b for b in options.batch_sizes if b != 1])
+        t = time.perf_counter()
+        with ThreadPoolExecutor(len(sizes)) as pool:
+            parts = list(pool.map(lambda s: _build_and_warm(weights, options, s), sizes))
+        row["threads_ms"] = (time.perf_counter() - t) * 1e3
+        row["threads_parts_ms"] = [[round(b * 1e3, 1), round(w * 1e3, 1)] for b, w in parts]
+        result["rounds"].append({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()})
+        print(json.dumps(result["rounds"][-1]), flush=True)
+        path.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
