@@ -15,18 +15,23 @@ from urllib.parse import unquote, urlsplit
 # binds it, where a kernel-chosen one was taken in between once (a CI run lost 168 tests to
 # "Failed to bind" on Serve's proxy).
 TEST_PORTS = range(26000, 32768)
+_handed_out: set[int] = set()  # a port asked for twice before anything binds it must not come back
 
 
 def free_port() -> int:
-    """A loopback TCP port outside the ranges the kernel and Ray hand out by themselves."""
+    """A loopback TCP port outside the ranges the kernel and Ray hand out by themselves, not
+    handed out before in this process."""
     for _ in range(200):
         port = random.choice(TEST_PORTS)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _handed_out.add(port)
+        return port
     raise RuntimeError(f"no free test port in {TEST_PORTS}")
 
 
