@@ -19,6 +19,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ import yaml
 
 from benchmarks.gpu import _manifest
 from benchmarks.gpu_machine import machine
+from serve_app.options import SessionOptions
 from serve_app.pipeline.graph import prepend_uint8_normalization
+from serve_app.pipeline.session import OnnxSession
 from serve_app.registry.manifest import Manifest
 from serve_app.settings import Settings
 from serve_app.tasks.vision_model import VisionModel
@@ -42,14 +45,12 @@ def _variant(raw: bytes, i: int) -> bytes:
     return m.SerializeToString()
 
 
-def _build_and_warm(weights: bytes, options, size: int) -> tuple[float, float]:
-    from serve_app.pipeline.session import _create, _ort_options, _resolve_providers
-
-    providers, _ = _resolve_providers(options.providers, None)
+def _build_and_warm(weights: bytes, options: SessionOptions, size: int) -> tuple[float, float]:
+    """One session as the server builds it (no buckets of its own), then its warm-up call at ``size``."""
     t0 = time.perf_counter()
-    session = _create(weights, _ort_options(options, False), providers, "cold")
+    session = OnnxSession.from_bytes(weights, replace(options, batch_sizes=()), "cold")
     t1 = time.perf_counter()
-    session.run(None, {session.get_inputs()[0].name: np.zeros((size, 640, 640, 3), np.uint8)})
+    session.run(np.zeros((size, 640, 640, 3), np.uint8))
     return t1 - t0, time.perf_counter() - t1
 
 
@@ -64,6 +65,7 @@ def main() -> None:
     server_args = yaml.safe_load((ROOT / "configs" / "serve_gpu.yaml").read_text())["applications"][0]["args"]
     settings = Settings.from_args({k: v for k, v in server_args.items() if k not in ("cache_dir", "state_dir")})
     options = settings.session_options
+    sizes = (1, *[b for b in options.batch_sizes if b != 1])  # the main session's, then each bucket's
     raw = args.onnx.read_bytes()
     result: dict = {"machine": machine(os.environ.get("GIT_COMMIT")), "buckets": list(options.batch_sizes),
                     "providers": [str(p) for p in options.providers], "rounds": []}
@@ -84,14 +86,13 @@ def main() -> None:
         t = time.perf_counter()
         weights = prepend_uint8_normalization(data, 1 / 255, channels_last=True, reverse_channels=True)
         row["rewrite_ms"] = (time.perf_counter() - t) * 1e3
-        for size in (1, *[b for b in options.batch_sizes if b != 1]):
+        for size in sizes:
             build, warm = _build_and_warm(weights, options, size)
             row[f"build_{size}_ms"], row[f"warm_{size}_ms"] = build * 1e3, warm * 1e3
         row["phases_total_ms"] = sum(v for k, v in row.items() if k.startswith(("rewrite", "build", "warm")))
 
         serial += 1
         weights = prepend_uint8_normalization(_variant(raw, serial), 1 / 255, channels_last=True, reverse_channels=True)
-        sizes = (1, *[b for b in options.batch_sizes if b != 1])
         t = time.perf_counter()
         with ThreadPoolExecutor(len(sizes)) as pool:
             parts = list(pool.map(lambda s: _build_and_warm(weights, options, s), sizes))
