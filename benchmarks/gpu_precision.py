@@ -18,7 +18,9 @@ for ``shapes-det/1`` and (when ``--onnx`` exists) a YOLOv8n graph, each step wri
    IoU, the largest confidence difference (YOLOv8n's weights are random: few or no boxes);
 3. ``memory``: GPU memory per loaded model, 4 models loaded (two sessions each, buckets 1 and 8,
    each run once) in a fresh process per mode (:data:`MEMORY_MODES`: without ``shared_arena``,
-   with it, with it and fp16; a registered arena cannot be unregistered): the growth after a
+   with it, with it and fp16, and with it and each suspect of the fixed cost per session: one
+   bucket only, cuDNN's and cuBLAS' workspaces kept small, CUDA's modules loaded eagerly; a
+   registered arena cannot be unregistered): the growth after a
    first CUDA session, read from ``nvidia-smi --query-compute-apps`` for the process's pid
    (and the device's total, in case the pid is not listed), and the host's resident memory.
 
@@ -57,10 +59,23 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 MIN_IOU = 0.98
 # memory measured in a fresh process per mode: what SessionOptions each of the 4 models loads with
+_SMALL_CUDNN = (("CUDAExecutionProvider", {"cudnn_conv_use_max_workspace": "0"}), "CPUExecutionProvider")
 MEMORY_MODES: dict[str, dict[str, Any]] = {
     "per_session_arenas": {},
     "shared_arena": {"shared_arena": True},
     "shared_arena+fp16": {"shared_arena": True, "precision": "fp16"},
+    # what the fixed cost per session (the same with fp16: not weights, not activations) is made of
+    "shared_arena+bucket1_only": {"shared_arena": True, "batch_sizes": (1,)},
+    "shared_arena+small_cudnn_workspace": {"shared_arena": True, "providers": _SMALL_CUDNN},
+    "shared_arena+small_cublas_workspace": {"shared_arena": True},
+    "shared_arena+cuda_module_loading_eager": {"shared_arena": True},
+    "shared_arena+bucket1_only+small_workspaces": {"shared_arena": True, "batch_sizes": (1,), "providers": _SMALL_CUDNN},
+}
+# environment of a memory mode's child process, besides the parent's
+MEMORY_ENV: dict[str, dict[str, str]] = {
+    "shared_arena+small_cublas_workspace": {"CUBLAS_WORKSPACE_CONFIG": ":4096:1", "CUBLASLT_WORKSPACE_SIZE": "1024"},
+    "shared_arena+cuda_module_loading_eager": {"CUDA_MODULE_LOADING": "EAGER"},
+    "shared_arena+bucket1_only+small_workspaces": {"CUBLAS_WORKSPACE_CONFIG": ":4096:1", "CUBLASLT_WORKSPACE_SIZE": "1024"},
 }
 
 
@@ -98,7 +113,10 @@ def load(source: Source, cpu: bool, **features: Any):
     from serve_app.pipeline.session import SessionOptions
     from serve_app.tasks.vision_model import VisionModel
 
-    options = SessionOptions(providers=CPU if cpu else GPU, batch_sizes=BUCKETS, force_precision=cpu, **features)
+    features = {"providers": CPU if cpu else GPU, "batch_sizes": BUCKETS, **features}
+    if cpu:
+        features["providers"] = CPU
+    options = SessionOptions(force_precision=cpu, **features)
     return VisionModel.load(source.manifest, {"weights": source.weights}, options)
 
 
@@ -200,7 +218,7 @@ def memory_child(model_name: str, count: int, mode: str, cpu: bool, onnx_path: P
     models = []
     for i in range(count):
         models.append(load(source, cpu, **MEMORY_MODES[mode]))
-        for b in BUCKETS:
+        for b in models[-1].session.batch_sizes:
             models[-1].session.run(inputs(models[-1], b, i))
         steps.append({"loaded": i + 1, "rss_mib": _rss_mib(), **_gpu_memory(pid), **describe(models[-1])})
 
@@ -208,7 +226,8 @@ def memory_child(model_name: str, count: int, mode: str, cpu: bool, onnx_path: P
         a, b = steps[0].get(key), steps[-1].get(key)
         return (b - a) / count if isinstance(a, float) and isinstance(b, float) else None
 
-    return {"model": model_name, "mode": mode, "options": MEMORY_MODES[mode], "models": count, "steps": steps,
+    return {"model": model_name, "mode": mode, "options": MEMORY_MODES[mode], "env": MEMORY_ENV.get(mode, {}),
+            "models": count, "steps": steps,
             "per_model_mib": {k: per_model(k) for k in ("process_mib", "device_mib", "rss_mib")}}
 
 
@@ -276,19 +295,22 @@ def measure_model(run: Run, name: str, source: Source, args: argparse.Namespace)
     gc.collect()
 
 
-def measure_memory(run: Run, args: argparse.Namespace) -> None:
+def measure_memory(run: Run, args: argparse.Namespace, model: str) -> None:
+    """Every memory mode for ``model``, under ``memory`` (the first of ``--memory-model``) or ``memory@model``."""
+    key = "memory" if model == args.memory_model.split(",")[0] else f"memory@{model}"
     for mode in MEMORY_MODES:
         def child(mode: str = mode) -> dict[str, Any]:
             cmd = [sys.executable, "-m", "benchmarks.gpu_precision", "--memory-child", mode,
-                   "--memory-model", args.memory_model, "--onnx", str(args.onnx), "--out", str(args.out)]
+                   "--memory-model", model, "--onnx", str(args.onnx), "--out", str(args.out)]
             if args.cpu:
                 cmd.append("--cpu")
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(5.0, run.left()), cwd=ROOT)
+            env = {**os.environ, **MEMORY_ENV.get(mode, {})}
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(5.0, run.left()), cwd=ROOT, env=env)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
             if done.returncode != 0 or not lines:
                 return {"error": f"exit {done.returncode}", "stderr": done.stderr[-2000:]}
             return json.loads(lines[-1])
-        run.step(["memory", mode], child, need_s=20)
+        run.step([key, mode], child, need_s=20)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -297,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget-s", type=float, default=240.0)
     ap.add_argument("--onnx", type=Path, default=YOLO, help="the YOLOv8n-sized graph (skipped when absent)")
     ap.add_argument("--models", default=None, help="comma-separated; default shapes-det/1,yolov8n (--cpu: shapes-det/1)")
-    ap.add_argument("--memory-model", default="shapes-det/1")
+    ap.add_argument("--memory-model", default="shapes-det/1", help="comma-separated: yolov8n or built-in ids")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory step (no latency, no accuracy)")
     ap.add_argument("--calls", type=int, default=None, help="timed calls per case (default 200; --cpu 3)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 20; --cpu 1)")
     ap.add_argument("--scenes", type=int, default=None, help="scenes for fp16 vs fp32 (default 20; --cpu 3)")
@@ -322,9 +345,10 @@ def main(argv: list[str] | None = None) -> None:
                                            for n, s in sources(names, args.onnx).items()}, need_s=0)
     loaded = sources(names, args.onnx) if isinstance(found, dict) and "error" not in found else {}
     for name, source in loaded.items():
-        if isinstance(source, Source):
+        if isinstance(source, Source) and not args.memory_only:
             measure_model(run, name, source, args)
-    measure_memory(run, args)
+    for model in args.memory_model.split(","):
+        measure_memory(run, args, model)
     run.doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     run.save()
     print(f"wrote {run.path}", flush=True)

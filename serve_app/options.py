@@ -76,6 +76,12 @@ class SessionOptions:
     # benchmarks/results/gpu/gpu_session_h200.json), a session that always sees one shape plans once.
     batch_sizes: tuple[int, ...] = ()
     session_per_batch_size: bool = True
+    # Only the batch-1 session is built at load; the other buckets' sessions are built when the
+    # model first has concurrent requests (OnnxSession.add_batch_session), and batches meanwhile run
+    # row by row through batch 1: a first request waits for one session build and warm-up, and a
+    # model asked one request at a time holds one session. Not with cuda_graph (its recording).
+    lazy_batch_sessions: bool = False
+    force_batch_sessions: bool = False  # the bucket sessions on the CPU provider too (tests, dry runs)
     # Opt-in GPU features (issue 14), each ignored with a log line where it cannot apply:
     # "fp16": the graph converted to float16 at load (pipeline/precision.py), on CUDA/TensorRT only
     # (the CPU provider has few float16 kernels and runs them slower) unless force_precision says so.

@@ -64,6 +64,7 @@ class Settings:
     batch_wait_timeout_s: float = 0.002
     batch_buckets: tuple[int, ...] = ()  # batch sizes besides 1 and max_batch_size that batches are padded to
     session_per_batch_size: bool = True  # on a GPU: one session per batch bucket (see SessionOptions)
+    lazy_batch_sessions: bool = False  # ...of which only batch 1's is built at load, the rest at first concurrent use
     tensorrt_cache_dir: str | None = None  # TensorRT engines and timing caches; default: <cache_dir>/tensorrt
     precision: str = "fp32"  # "fp16": graphs converted to float16 at load, on CUDA/TensorRT only (see SessionOptions)
     cuda_graph: bool = False  # on CUDA: the batch-1 session replays a CUDA graph from fixed device buffers
@@ -164,6 +165,7 @@ class Settings:
                               inter_op_threads=self.inter_op_threads,
                               batch_sizes=self.buckets if self.max_batch_size > 1 else (),
                               session_per_batch_size=self.session_per_batch_size,
+                              lazy_batch_sessions=self.lazy_batch_sessions,
                               precision=self.precision, cuda_graph=self.cuda_graph, shared_arena=self.shared_arena,
                               tensorrt_cache_dir=self.tensorrt_cache_dir or os.path.join(self.cache_dir, "tensorrt"))
 

@@ -1,5 +1,6 @@
 """On a GPU: the CUDA provider gives the CPU's answers, batches of every bucket size give each
-image's single answer, and a Ray replica with a fraction of a GPU serves on it.
+image's single answer, a Ray replica with a fraction of a GPU serves on it, and one with lazy
+bucket sessions builds them when requests overlap.
 
 Skipped, with the reason, where onnxruntime cannot start a CUDA session (no GPU, no CUDA
 libraries, the CPU build of onnxruntime): CI has no GPU. On the GPU machine run
@@ -196,6 +197,58 @@ def test_a_replica_with_half_a_gpu_serves_on_it(ray_serve, tmp_path, scenes):
         where = held[0]["loaded_on"][0]
         assert where["providers"][0] == "CUDAExecutionProvider", where
         assert where["memory_bytes"] > 0
+    finally:
+        teardown_app(app)
+
+
+def test_a_lazy_replica_builds_its_bucket_session_when_requests_overlap_and_counts_its_memory(ray_serve, tmp_path, scenes):
+    """``lazy_batch_sessions``: a model loads with batch 1's session alone; concurrent requests
+    make the replica build the batch-8 session in the background, measured and added to the
+    model's memory, and every answer (row by row meanwhile, batched after) is the model's own."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+    import ray
+
+    from tests.conftest import deploy_app, teardown_app
+
+    if not ray.cluster_resources().get("GPU"):
+        pytest.skip("Ray sees no GPU on this node")
+    app = deploy_app(ray_serve, tmp_path, {"providers": list(CUDA), "max_batch_size": 8, "lazy_batch_sessions": True},
+                     model_server_extra={"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}})
+
+    def held() -> dict:
+        deadline = time.time() + 10  # replicas report what they hold asynchronously
+        while True:
+            found = [m for m in app.get("/model/registry").json()["models"] if m["model_id"] == "shapes-det/1"]
+            if found or time.time() > deadline:
+                return found[0]["loaded_on"][0]
+            time.sleep(0.5)
+
+    try:
+        body = cv2.imencode(".png", scenes[0].image)[1].tobytes()
+        expected = builtin("shapes-det/1").predict([scenes[0].image], InferenceParams())[0]["predictions"]
+
+        def ask(_: int) -> list[dict]:
+            r = app.post("/infer", data=body, headers={"serve_multiplexed_model_id": "shapes-det/1"})
+            assert r.status_code == 200, r.text
+            return r.json()["predictions"]
+
+        ask(0)
+        first = held()
+        assert first["batch_sessions"] == [1] and first["memory_bytes"] > 0, first
+        deadline = time.time() + 60
+        while True:
+            with ThreadPoolExecutor(16) as pool:
+                answers = list(pool.map(ask, range(64)))
+            for got in answers:
+                assert len(match(pred_boxes(expected), [p["class"] for p in expected], got, min_iou=0.98)) == len(expected)
+            now = held()
+            if now["batch_sessions"] == [1, 8] or time.time() > deadline:
+                break
+        assert now["batch_sessions"] == [1, 8], now
+        assert now["memory_bytes"] > first["memory_bytes"], (first, now)
     finally:
         teardown_app(app)
 

@@ -372,3 +372,28 @@ def test_a_gpu_load_is_measured_under_the_devices_lock_which_other_processes_sha
     finally:
         holder.wait(10)
     assert inside == [True] and waited >= 0.7, (inside, waited)
+
+
+def test_a_held_model_grows_measured_and_over_budget_evicts_the_least_recent_other():
+    """``grow`` (a model's deferred bucket sessions) is measured as a load is and counts as the
+    model's memory; past the budget the least recently used other model goes."""
+    cache, source, clock = make({"a": 10 * MB, "b": 10 * MB}, policy=CachePolicy(budget_bytes=60 * MB))
+
+    async def main():
+        a = await cache.acquire("a")
+        a.release()
+        clock.now += 1
+        b = await cache.acquire("b")
+        b.release()
+        assert cache.held_bytes == 40 * MB
+
+        def more() -> None:
+            source.probe.used += 25 * MB
+
+        assert await cache.grow(b, more) == 25 * MB
+        assert b.memory_bytes == 45 * MB and cache.model_ids() == ["b"]  # a (older) evicted: 65 > 60 MiB
+        built: list[int] = []
+        b.close()
+        assert await cache.grow(b, lambda: built.append(1)) == 0 and built == []  # closed: nothing runs
+
+    run(main())

@@ -11,7 +11,9 @@ CUDA only) and ``shared_arena`` (the process's sessions share one arena per devi
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +132,11 @@ class OnnxSession:
     load_seconds: float = 0.0
     io_binding: bool = False
     by_batch_size: dict[int, ort.InferenceSession] = field(default_factory=dict)  # extra shape-stable sessions
+    # one session per batch bucket: a size without its own session runs row by row through batch 1's
+    per_batch_size: bool = False
+    pending_batch_sizes: tuple[int, ...] = ()  # buckets whose sessions add_batch_session builds later
+    _build_session: Callable[[], ort.InferenceSession] | None = field(default=None, repr=False)
+    _grow_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     precision: str = "fp32"  # what the graph really runs in
     cuda_graph: CudaGraphRunner | None = None  # set when the batch-1 session replays a CUDA graph
     shared_arena: bool = False  # whether its sessions take their memory from the process's shared arenas
@@ -169,12 +176,19 @@ class OnnxSession:
         loaded = cls(session, inp.name, list(inp.shape), inp.type, [o.name for o in outs], [list(o.shape) for o in outs],
                      used, dict(session.get_modelmeta().custom_metadata_map), io_binding=options.io_binding and on_gpu,
                      precision="fp16" if fp16 is not None else "fp32", shared_arena=shared)
-        if on_gpu and options.session_per_batch_size and loaded.dynamic_batch:
+        if (on_gpu or options.force_batch_sessions) and options.session_per_batch_size and loaded.dynamic_batch:
             # the main session serves batch 1 (its warm-up shape); each other bucket gets its own
-            for size in sorted(set(options.batch_sizes) - {1}):
-                loaded.by_batch_size[size] = _create(weights, so, providers, label)
-            if loaded.by_batch_size:
-                log.info("%s: one session per batch size %s", label, [1, *loaded.by_batch_size])
+            sizes = tuple(sorted(set(options.batch_sizes) - {1}))
+            loaded.per_batch_size = bool(options.batch_sizes)
+            if options.lazy_batch_sessions and not graphs:  # a graph's recording must not meet a build
+                loaded.pending_batch_sizes = sizes
+                loaded._build_session = lambda: _create(weights, so, providers, label)
+            else:
+                for size in sizes:
+                    loaded.by_batch_size[size] = _create(weights, so, providers, label)
+            if sizes:
+                log.info("%s: one session per batch size %s%s", label, [1, *sizes],
+                         f" ({list(sizes)} built on first concurrent use)" if loaded.pending_batch_sizes else "")
         if graphs:
             # the batch-1 session only: there the launches are most of the call (YOLOv8n on an H200
             # 3.5 -> 1.6 ms), and its copies are small; a replay's copies hold the GIL (update_inplace,
@@ -213,12 +227,37 @@ class OnnxSession:
         """Batch sizes with a session of their own (1 is the main session's)."""
         return [1, *self.by_batch_size]
 
+    def add_batch_session(self, size: int, warm_input: np.ndarray) -> bool:
+        """Build the pending session of bucket ``size`` and run ``warm_input`` (``size`` rows)
+        through it before any request can reach it; False when ``size`` is not pending.
+        A failed build raises, and the bucket is no longer pending: its batches go on row by row."""
+        with self._grow_lock:
+            if size not in self.pending_batch_sizes or self._build_session is None:
+                return False
+            self.pending_batch_sizes = tuple(s for s in self.pending_batch_sizes if s != size)
+            builder = self._build_session
+            if not self.pending_batch_sizes:
+                self._build_session = None  # the weights it holds go with it
+            started = time.perf_counter()
+            session = builder()
+            session.run(self.output_names, {self.input_name: warm_input})
+            self.by_batch_size = {**self.by_batch_size, size: session}  # readers see the old or the new dict
+            log.info("session for batch size %d built and warmed in %.0f ms", size, (time.perf_counter() - started) * 1e3)
+            return True
+
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         if self.cuda_graph is not None and len(tensor) not in self.by_batch_size:
             # the main session replays batch 1's graph, so no other shape may reach it: sizes
             # without a bucket session of their own replay it row by row
             return self.cuda_graph.run(tensor)
-        session = self.by_batch_size.get(len(tensor), self.session)
+        if self.per_batch_size and len(tensor) > 1 and len(tensor) not in self.by_batch_size:
+            # a size without its own session (not built yet, or no bucket) would make batch 1's
+            # session re-plan its kernels for a new shape: it runs row by row instead
+            parts = [self._run_on(self.session, tensor[i:i + 1]) for i in range(len(tensor))]
+            return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return self._run_on(self.by_batch_size.get(len(tensor), self.session), tensor)
+
+    def _run_on(self, session: ort.InferenceSession, tensor: np.ndarray) -> list[np.ndarray]:
         if not self.io_binding:
             return session.run(self.output_names, {self.input_name: tensor})
         binding = session.io_binding()

@@ -33,14 +33,17 @@ class _Pending:
 
 class TensorBatcher:
     def __init__(self, run: RunFn, max_batch: int, max_wait_s: float, executor: Executor | None = None,
-                 buckets: Sequence[int] | None = None, in_flight: Callable[[], int] | None = None) -> None:
+                 buckets: Sequence[int] | Callable[[], Sequence[int]] | None = None,
+                 in_flight: Callable[[], int] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._run = run
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._executor = executor
-        self._buckets = tuple(sorted(buckets)) if buckets else batch_buckets(max_batch)
+        # the sizes batches are padded to; a callable is asked at every batch (buckets built later)
+        self._buckets: Callable[[], Sequence[int]] = (
+            buckets if callable(buckets) else (lambda fixed=tuple(sorted(buckets or batch_buckets(max_batch))): fixed))
         self._in_flight = in_flight
         self._queue: list[_Pending] = []
         self._wake: asyncio.Event | None = None
@@ -70,7 +73,7 @@ class TensorBatcher:
                 batch.append(item)
                 images += len(item.tensor)
             tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([b.tensor for b in batch])
-            tensor = pad_to_bucket(tensor, self._buckets)
+            tensor = pad_to_bucket(tensor, sorted(self._buckets()))
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run, tensor)
             except BaseException as exc:  # every waiter of this batch gets the error

@@ -205,7 +205,8 @@ class ModelCache:
                            "loaded_at": lm.loaded_at, "last_used": lm.last_used,
                            "idle_s": round(now_wall - lm.last_used, 3),
                            "load_seconds": lm.load_seconds, "requests": lm.requests, "in_flight": lm.in_flight,
-                           "providers": list(getattr(lm.model, "providers", None) or [])}
+                           "providers": list(getattr(lm.model, "providers", None) or []),
+                           "batch_sessions": list(getattr(lm.model, "batch_sessions", None) or [])}
                        for m, lm in self._models.items()},
             "loading": list(self._loading), "draining": [m.model_id for m in self._draining.values()],
             "failures": {m: {"message": f.error.message, "attempts": f.attempts,
@@ -358,14 +359,37 @@ class ModelCache:
         return loaded
 
     def _build(self, prepared: Prepared) -> tuple[Any, int]:
+        return self._measured(prepared.build)
+
+    def _measured(self, build: Callable[[], Any]) -> tuple[Any, int]:
+        """``build()`` and the memory it took, measured alone."""
         # the probe's own lock too: replicas sharing a GPU must not measure each other's loads
         with self._build_lock, self._probe.exclusive():
             trim_heap()
             before = self._probe.used_bytes()
-            model = prepared.build()
+            built = build()
             trim_heap()  # what the build freed (copies of the weights) must not count as the model's
             after = self._probe.used_bytes()
-        return model, max(0, after - before)
+        return built, max(0, after - before)
+
+    async def grow(self, loaded: LoadedModel, build: Callable[[], Any]) -> int:
+        """Run ``build`` (more of a held model, such as its deferred batch sessions) measured as a
+        load is, and count what it took as the model's; returns those bytes (0: the model was
+        closing and nothing ran). The model stays leased meanwhile, so it is not released under it."""
+        if not loaded.try_acquire():
+            return 0
+        try:
+            _, grown = await asyncio.to_thread(self._measured, build)
+        finally:
+            loaded.release()
+        loaded.memory_bytes += grown
+        if self._models.get(loaded.model_id) is loaded:  # (a load's estimate stays what a load takes)
+            self._shrink_to_budget(keep=loaded.model_id)
+        log.info("model %s: grew by %s on the %s, %s in all; %s of %s in use", loaded.model_id, mib(grown),
+                 self.device, mib(loaded.memory_bytes), mib(self.held_bytes),
+                 mib(self.policy.budget_bytes) if self.policy.budget_bytes else "no budget")
+        self._events.changed()
+        return grown
 
     def _remember_failure(self, model_id: str, exc: ServeAppError) -> None:
         cause = getattr(exc, "cause", None)  # Ray's RayTaskError(ArtifactCorrupt): keep the error itself

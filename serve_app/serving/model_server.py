@@ -315,6 +315,8 @@ class ModelServerCore:
                     # prepare in parallel threads, run stacked with other requests, decode in parallel
                     t0 = time.perf_counter()
                     tensor, transforms = await asyncio.to_thread(model.prepare, images, params)
+                    if model.pending_batch_sizes and loaded.in_flight > 1:
+                        self._add_batch_sessions(loaded)
                     run_started = time.perf_counter()
                     outputs = await self._batcher(loaded).submit(tensor)
                     run_ended = time.perf_counter()
@@ -353,10 +355,28 @@ class ModelServerCore:
         """The model's batcher, made on first use and dropped with the loaded model."""
         batcher = getattr(loaded, "batcher", None)
         if batcher is None:
-            batcher = TensorBatcher(loaded.model.run, self.settings.max_batch_size, self.settings.batch_wait_timeout_s,
-                                    self.infer_pool, buckets=self.settings.buckets, in_flight=lambda: loaded.in_flight)
+            model, configured = loaded.model, self.settings.buckets
+            batcher = TensorBatcher(model.run, self.settings.max_batch_size, self.settings.batch_wait_timeout_s,
+                                    self.infer_pool, buckets=lambda: model.ready_buckets(configured),
+                                    in_flight=lambda: loaded.in_flight)
             loaded.batcher = batcher
         return batcher
+
+    def _add_batch_sessions(self, loaded: Any) -> None:
+        """The model has company: build its deferred bucket sessions in the background (once), measured
+        and counted as its memory; its batches run row by row through batch 1 meanwhile."""
+        if getattr(loaded, "adding_batch_sessions", None) is not None:
+            return
+
+        async def add() -> None:
+            try:
+                await self.cache.grow(loaded, loaded.model.add_batch_sessions)
+            except Exception as exc:  # noqa: BLE001 - the model keeps serving through its batch-1 session
+                log.warning("model %s: bucket sessions not built (%s); its batches run row by row", loaded.model_id,
+                            str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+            self.mark_changed()
+
+        loaded.adding_batch_sessions = asyncio.get_running_loop().create_task(add())
 
     # -- what it tells others --------------------------------------------------------------------------
     def mark_changed(self) -> None:
@@ -387,7 +407,8 @@ class ModelServerCore:
         models = {split_key(m)[0]: {"key": m, "digest": split_key(m)[1], "loaded_at": info["loaded_at"],
                                     "last_used": info["last_used"], "tier": info["tier"],
                       "load_seconds": info["load_seconds"], "requests": info["requests"],
-                      "memory_bytes": info["memory_bytes"], "pinned": info["pinned"], "providers": info["providers"]}
+                      "memory_bytes": info["memory_bytes"], "pinned": info["pinned"], "providers": info["providers"],
+                      "batch_sessions": info["batch_sessions"]}
                   for m, info in cache["models"].items()}
         return {"models": models, "ready": self.ready, "pid": os.getpid(), "gpu_ids": _gpu_ids(),
                 "node_id": _node_id(), "rates": self.rates.top(RATES_REPORTED),

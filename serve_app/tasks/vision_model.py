@@ -93,6 +93,29 @@ class VisionModel:
         return np.zeros(shape, self.session.input_dtype)
 
     @property
+    def batch_sessions(self) -> list[int]:
+        """The batch sizes with a session of their own, built so far."""
+        return self.session.batch_sizes if self.session else []
+
+    @property
+    def pending_batch_sizes(self) -> tuple[int, ...]:
+        """Buckets whose sessions are still to be built (``SessionOptions.lazy_batch_sessions``)."""
+        return self.session.pending_batch_sizes if self.session else ()
+
+    def ready_buckets(self, configured: tuple[int, ...]) -> tuple[int, ...]:
+        """The batch sizes to pad to now: with a session per bucket, the buckets built so far (a
+        bucket still pending would run its padding rows one by one); else ``configured``."""
+        if self.session is None or not self.session.per_batch_size:
+            return configured
+        return tuple(self.session.batch_sizes)
+
+    def add_batch_sessions(self) -> list[int]:
+        """Build, and warm up, the sessions of the pending buckets; returns the sizes built."""
+        assert self.session is not None
+        return [size for size in self.session.pending_batch_sizes
+                if self.session.add_batch_session(size, self.blank_batch(size))]
+
+    @property
     def providers(self) -> list[str]:
         return self.session.providers if self.session else []
 
