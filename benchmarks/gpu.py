@@ -146,9 +146,10 @@ VARIANTS = {
     # JPEGs decoded on the GPU (nvImageCodec: the H200's hardware JPEG engines), pixels back to the host
     "haproxy-gpujpeg": {"env": HAPROXY, "args": {"gpu_jpeg_decode": True}},
     # a model loads with batch 1's session alone (the others built at its first concurrent requests),
-    # and a replica's sessions share one arena: a cold load waits for one session, a model asked one
-    # request at a time holds one
-    "haproxy-lean": {"env": HAPROXY, "args": {"lazy_batch_sessions": True, "shared_arena": True}},
+    # a replica's sessions share one arena, cuBLAS' workspaces are 4 MiB (pipeline/cuda_env.py): a cold
+    # load waits for one session, a model asked one request at a time holds one
+    "haproxy-lean": {"env": HAPROXY, "args": {"lazy_batch_sessions": True, "shared_arena": True,
+                                              "cublas_workspace_kib": 4096}},
     "haproxy-lazy": {"env": HAPROXY, "args": {"lazy_batch_sessions": True}},
     # the same config behind Ray's Python proxy (a plain `serve run`)
     "proxy": {},

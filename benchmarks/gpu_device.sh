@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_device.sh wheels             # gpu_bundle.sh's wheels in /tmp/w -> /tmp/site
 #   bash benchmarks/gpu_device.sh session OUT        # benchmarks/gpu_session.py (ORT alone)
 #   bash benchmarks/gpu_device.sh tests OUT          # tests/test_gpu.py
-#   bash benchmarks/gpu_device.sh precision OUT S    # benchmarks/gpu_precision.py within S seconds
+#   bash benchmarks/gpu_device.sh precision OUT S [ARGS...]  # benchmarks/gpu_precision.py ARGS within S seconds
 #   bash benchmarks/gpu_device.sh decode OUT         # benchmarks/gpu_decode.py (JPEG decode, CPU and GPU)
 #   bash benchmarks/gpu_device.sh cold OUT           # benchmarks/gpu_cold.py (a cold load, phase by phase)
 #   bash benchmarks/gpu_device.sh bench OUT ARGS...  # benchmarks/gpu.py ARGS (LIMIT_S bounds it, default 560)
@@ -36,7 +36,7 @@ case $step in
   tests)
     timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs 2>&1 | tee "$out/test_gpu.log" ;;
   precision)
-    timeout $(( ${1:-240} + 90 )) python3 -m benchmarks.gpu_precision --out "$out" --budget-s "${1:-240}" 2>&1 \
+    timeout $(( ${1:-240} + 90 )) python3 -m benchmarks.gpu_precision --out "$out" --budget-s "${1:-240}" "${@:2}" 2>&1 \
       | grep -v "^\s*$" | tee "$out/gpu_precision.log" ;;
   bench)
     timeout "${LIMIT_S:-560}" python3 -m benchmarks.gpu --onnx .cache/bench/export/yolov8n.onnx --images .cache/bench/images \

@@ -30,6 +30,7 @@ from serve_app.errors import ArtifactError, SchemaError, ServeAppError
 from serve_app.http.direct import direct_infer
 from serve_app.http.requests import MAX_IMAGES_PER_REQUEST, ModelRequest  # noqa: F401 (the name stays here too)
 from serve_app.http.visualize import render
+from serve_app.pipeline.cuda_env import limit_cublas_workspace
 from serve_app.pipeline.gpu_jpeg import gpu_jpeg_decoder
 from serve_app.pipeline.images import load_source
 from serve_app.registry.actor import registry_handle
@@ -65,6 +66,7 @@ class ModelServerCore:
 
     def __init__(self, settings_args: dict, metrics_factory: Any = None, routing: RoutingReport | None = None) -> None:
         self.settings = s = Settings(**settings_args)
+        limited = limit_cublas_workspace(s.cublas_workspace_kib)  # before anything makes a CUDA handle
         self.registry = registry_handle(s)
         self.artifacts = artifact_cache_handle(s)
         try:
@@ -106,8 +108,9 @@ class ModelServerCore:
         elif s.gpu_jpeg_decode:
             log.warning("replica %s: gpu_jpeg_decode asked, but Ray gave this replica no GPU; JPEGs decode on the CPU",
                         self.replica_id)
-        log.info("replica %s: models measured on the %s, budget %s, at most %d models", self.replica_id, probe.device,
-                 f"{budget / 2**20:.0f} MiB" if budget else "none (count cap only)", s.max_models_per_replica)
+        log.info("replica %s: models measured on the %s, budget %s, at most %d models%s", self.replica_id, probe.device,
+                 f"{budget / 2**20:.0f} MiB" if budget else "none (count cap only)", s.max_models_per_replica,
+                 f"; cuBLAS workspaces {limited}" if limited else "")
 
     # -- start-up ---------------------------------------------------------------------------------
     async def start(self) -> None:
