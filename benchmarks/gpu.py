@@ -140,17 +140,18 @@ VARIANTS = {
     # session, one arena for all of a replica's sessions
     "haproxy-fp16-graph": {"env": HAPROXY, "args": {"precision": "fp16", "cuda_graph": True, "shared_arena": True,
                                                     "max_models_per_replica": 1}},
-    "haproxy-fp16": {"env": HAPROXY, "args": {"precision": "fp16", "shared_arena": True}},
+    "haproxy-fp16": {"env": HAPROXY, "args": {"precision": "fp16"}},
     # a CUDA graph needs one model per replica (settings.py says why; the spread of --spread then reloads)
     "haproxy-graph": {"env": HAPROXY, "args": {"cuda_graph": True, "max_models_per_replica": 1}},
     # JPEGs decoded on the GPU (nvImageCodec: the H200's hardware JPEG engines), pixels back to the host
     "haproxy-gpujpeg": {"env": HAPROXY, "args": {"gpu_jpeg_decode": True}},
-    # a model loads with batch 1's session alone (the others built at its first concurrent requests),
-    # a replica's sessions share one arena, cuBLAS' workspaces are 4 MiB (pipeline/cuda_env.py): a cold
-    # load waits for one session, a model asked one request at a time holds one
-    "haproxy-lean": {"env": HAPROXY, "args": {"lazy_batch_sessions": True, "shared_arena": True,
-                                              "cublas_workspace_kib": 4096}},
-    "haproxy-lazy": {"env": HAPROXY, "args": {"lazy_batch_sessions": True}},
+    # configs/serve_gpu.yaml before lazy_batch_sessions and cublas_workspace_kib (both buckets' sessions
+    # at load, cuBLAS' default workspaces)
+    "haproxy-eager": {"env": HAPROXY, "args": {"lazy_batch_sessions": False, "cublas_workspace_kib": 0}},
+    # each of the two alone; "haproxy-lean" was both with shared_arena, which broke a replica under
+    # --spread (gpu_h200_lean_spread.json) and is now refused with more than one model per replica
+    "haproxy-lazy": {"env": HAPROXY, "args": {"lazy_batch_sessions": True, "cublas_workspace_kib": 0}},
+    "haproxy-cublas": {"env": HAPROXY, "args": {"lazy_batch_sessions": False, "cublas_workspace_kib": 4096}},
     # the same config behind Ray's Python proxy (a plain `serve run`)
     "proxy": {},
     # the replicas as the HTTP ingress, no gateway (no alias resolution before routing, no affinity)

@@ -168,5 +168,9 @@ def test_settings_carry_the_features_to_session_options():
     for other in ({}, {"max_models_per_replica": 4}, {"max_models_per_replica": 1, "gpu_jpeg_decode": True}):
         with pytest.raises(ManifestError, match="cuda_graph needs max_models_per_replica: 1"):
             Settings.from_args({"cuda_graph": True, **other})
+    # a session built while another runs on the shared arena broke the replica's GPU context
+    for other in ({}, {"max_models_per_replica": 4}, {"max_models_per_replica": 1, "lazy_batch_sessions": True}):
+        with pytest.raises(ManifestError, match="shared_arena needs max_models_per_replica: 1"):
+            Settings.from_args({"shared_arena": True, **other})
     with pytest.raises(ValueError, match="precision"):
         SessionOptions(precision="half")
