@@ -114,3 +114,23 @@ def test_cuda_graph_keeps_its_buckets_eager_and_the_setting_reaches_the_session(
     assert not Settings.from_args({}).session_options.lazy_batch_sessions
     model = load(lazy_batch_sessions=True, cuda_graph=True)  # refused on the CPU: plain lazy sessions
     assert model.session.cuda_graph is None and model.pending_batch_sizes == (8,)
+
+
+def test_a_failed_bucket_build_leaves_batches_row_by_row_and_is_not_retried(images):
+    """A bucket session that cannot be built (on a GPU: out of memory, a CUDA error) raises once;
+    the bucket is no longer pending, so the replica does not retry it on every batch, and the
+    model's batches keep their answers through batch 1's session."""
+    from serve_app.errors import ModelLoadError
+
+    model = load(lazy_batch_sessions=True)
+    expected = one_by_one(model, images)
+
+    def fail() -> Any:
+        raise ModelLoadError("shapes-det/1: ONNX Runtime cannot load the weights: CUDA failure 2: out of memory")
+
+    model.session._build_session = fail  # what the session factory raises when the device refuses
+    with pytest.raises(ModelLoadError, match="out of memory"):
+        model.add_batch_sessions()
+    assert model.pending_batch_sizes == () and model.session.batch_sizes == [1]
+    assert model.add_batch_sessions() == []
+    assert batched(model, images) == expected
