@@ -85,8 +85,14 @@ def family(pid: int, marker: str | None = None) -> dict[int, int]:
             stack.extend(children.get(p, []))
     if marker:  # the whole path, ended: a folder named like ours plus a suffix is not ours
         needles = (marker.encode() + b"/", marker.encode() + b"\0")
+        # never this process's own ancestors: the shell that started a benchmark may name the marker
+        # (a command that reads the run's logs afterwards) and was stopped with the server
+        ours, p = set(), os.getpid()
+        while p in table and p not in ours:
+            ours.add(p)
+            p = table[p][0]
         for p, (_, start) in table.items():
-            if p != pid and p not in found and p != os.getpid():
+            if p != pid and p not in found and p not in ours:
                 text = _read(f"/proc/{p}/cmdline") + b"\0" + _read(f"/proc/{p}/environ")
                 if any(n in text for n in needles):
                     found[p] = start

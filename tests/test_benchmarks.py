@@ -81,3 +81,35 @@ def test_paced_chunks_keeps_every_byte() -> None:
     for part in origin.paced_chunks(data, 10e6, chunk=1000):
         out.write(part)
     assert out.getvalue() == data
+
+
+def test_a_servers_family_never_holds_the_shell_that_started_the_benchmark(tmp_path):
+    """``family`` stops whatever names the server's Ray folder; a shell that started the benchmark
+    and names that folder too (to read its logs afterwards) is an ancestor and must survive."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    marker = str(tmp_path / "ray")
+    probe = ("import json, os; from benchmarks.servers import family; "
+             f'print(json.dumps([os.getppid(), sorted(family(-1, "{marker}"))]))')
+    shell = f"{sys.executable} -c '{probe}' && echo {marker}/logs"  # the shell's own command line names it
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    parent, found = json.loads(done.stdout.splitlines()[0])
+    assert parent not in found
+    # a stranger naming it (as Ray's processes do, in RAY_TMPDIR) is in the family
+    holder = subprocess.Popen(["sleep", "30"], env={"PATH": os.environ["PATH"], "RAY_TMPDIR": marker})
+    try:
+        for _ in range(100):  # until the child has exec'd sleep
+            if servers.cmdline(holder.pid).startswith("sleep"):
+                break
+            time.sleep(0.02)
+        assert holder.pid in servers.family(-1, marker)
+    finally:
+        holder.kill()
+        holder.wait()
