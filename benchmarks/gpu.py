@@ -139,7 +139,8 @@ VARIANTS = {
     # the opt-in GPU session features (issue 14): float16 graphs, a CUDA graph for the batch-1
     # session, one arena for all of a replica's sessions
     "haproxy-fp16-graph": {"env": HAPROXY, "args": {"precision": "fp16", "cuda_graph": True, "shared_arena": True,
-                                                    "max_models_per_replica": 1}},
+                                                    "max_models_per_replica": 1, "inference_threads": 1,
+                                                    "lazy_batch_sessions": False}},
     "haproxy-fp16": {"env": HAPROXY, "args": {"precision": "fp16"}},
     # a CUDA graph needs one model per replica (settings.py says why; the spread of --spread then reloads)
     "haproxy-graph": {"env": HAPROXY, "args": {"cuda_graph": True, "max_models_per_replica": 1}},

@@ -108,14 +108,18 @@ class Settings:
                                 "graph is recorded in CUDA's global capture mode, where another model's calls or a "
                                 "GPU JPEG decode in the same replica fail requests")
 
-        if self.shared_arena and (self.max_models_per_replica != 1 or self.lazy_batch_sessions):
+        if self.shared_arena and (self.max_models_per_replica != 1 or self.lazy_batch_sessions
+                                  or self.inference_threads != 1):
             # one arena for all of a process's sessions: a session built while another ran (a second model
             # loading, a deferred bucket session) failed with an illegal memory access, after which every
             # request of that replica failed (H200, 1,000 of 2,800 requests in one pass over 3 models;
-            # benchmarks/results/gpu/gpu_h200_lean_spread.json; none without it: gpu_h200_lazy_spread.json)
-            raise ManifestError("shared_arena needs max_models_per_replica: 1 and lazy_batch_sessions: false: a "
-                                "session built while another runs on the shared arena failed with an illegal "
-                                "memory access, and the replica's GPU context with it")
+            # benchmarks/results/gpu/gpu_h200_lean_spread.json; none without it: gpu_h200_lazy_spread.json).
+            # The arena registered in ONNX Runtime's environment is not known to follow CUDA streams, so
+            # two sessions running at once (two inference threads) are refused too: what one stream frees
+            # could be handed to the other's kernels while the first's still use it
+            raise ManifestError("shared_arena needs max_models_per_replica: 1, lazy_batch_sessions: false and "
+                                "inference_threads: 1: a session built while another ran on the shared arena "
+                                "failed with an illegal memory access, and the replica's GPU context with it")
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None = None) -> "Settings":

@@ -158,7 +158,7 @@ def test_fixed_buffer_runner_pads_chunks_and_refreshes_its_input():
 
 def test_settings_carry_the_features_to_session_options():
     options = Settings.from_args({"precision": "fp16", "cuda_graph": True, "shared_arena": True,
-                                  "max_models_per_replica": 1}).session_options
+                                  "max_models_per_replica": 1, "inference_threads": 1}).session_options
     assert (options.precision, options.cuda_graph, options.shared_arena) == ("fp16", True, True)
     default = Settings.from_args({}).session_options
     assert (default.precision, default.cuda_graph, default.shared_arena) == ("fp32", False, False)
@@ -169,8 +169,11 @@ def test_settings_carry_the_features_to_session_options():
         with pytest.raises(ManifestError, match="cuda_graph needs max_models_per_replica: 1"):
             Settings.from_args({"cuda_graph": True, **other})
     # a session built while another runs on the shared arena broke the replica's GPU context
-    for other in ({}, {"max_models_per_replica": 4}, {"max_models_per_replica": 1, "lazy_batch_sessions": True}):
+    one = {"max_models_per_replica": 1, "inference_threads": 1}
+    for other in ({}, {**one, "max_models_per_replica": 4}, {**one, "lazy_batch_sessions": True},
+                  {**one, "inference_threads": 2}, {"max_models_per_replica": 1}):
         with pytest.raises(ManifestError, match="shared_arena needs max_models_per_replica: 1"):
             Settings.from_args({"shared_arena": True, **other})
+    assert Settings.from_args({"shared_arena": True, **one}).shared_arena
     with pytest.raises(ValueError, match="precision"):
         SessionOptions(precision="half")
