@@ -370,10 +370,11 @@ class ModelServerCore:
         and counted as its memory; its batches run row by row through batch 1 meanwhile."""
         if getattr(loaded, "adding_batch_sessions", None) is not None:
             return
+        build = loaded.model.add_batch_sessions  # now, while the caller's lease holds the model
 
         async def add() -> None:
             try:
-                await self.cache.grow(loaded, loaded.model.add_batch_sessions)
+                await self.cache.grow(loaded, build)
             except Exception as exc:  # noqa: BLE001 - the model keeps serving through its batch-1 session
                 log.warning("model %s: bucket sessions not built (%s); its batches run row by row", loaded.model_id,
                             str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
