@@ -414,7 +414,7 @@ def main() -> None:
         save()
     if "server" not in steps:
         return
-    ids = write_repository(args.onnx, Path("/tmp/gpubench-repo"), 16)
+    ids = write_repository(args.onnx, Path("/tmp/gpubench-repo"), 20)
     result["server"] = {}
     for name in args.variants.split(","):
         result["server"][name] = {"variant": VARIANTS[name], "replicas": args.replicas, "replica_cpus": args.replica_cpus,
@@ -519,6 +519,16 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
             requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
             cold.append((time.perf_counter() - t) * 1e3)
         out["cold_first_request_ms"] = cold
+        # the same once the server is quiet: the loads above may wait for other replicas' loads and
+        # bucket-session builds (they are measured one at a time per GPU, under its lock file)
+        time.sleep(5)
+        quiet = []
+        for mid in ids[16:20]:
+            t = time.perf_counter()
+            requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
+            quiet.append((time.perf_counter() - t) * 1e3)
+            time.sleep(1)
+        out["cold_after_quiet_ms"] = quiet
         if not direct:
             reg = requests.get(url + "/model/registry", timeout=30).json()
             out["loads"] = [e for m in reg["models"] for e in m.get("loaded_on", [])]
