@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from serve_app.pipeline.chunks import run_in_chunks
+
 PROVIDER_OPTION = "enable_cuda_graph"
 
 
@@ -56,8 +58,7 @@ class CudaGraphRunner:
             return self._run_bucket(tensor)
         largest = self._sizes[-1]
         if n > largest:
-            parts = [self.run(tensor[i:i + largest]) for i in range(0, n, largest)]
-            return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+            return run_in_chunks(self.run, tensor, largest)
         size = self._sizes[bisect.bisect_left(self._sizes, n)]
         padded = np.concatenate([tensor, np.zeros((size - n, *tensor.shape[1:]), tensor.dtype)])
         return [o[:n] for o in self._run_bucket(padded)]

@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from serve_app.errors import ModelLoadError
 from serve_app.options import SessionOptions
+from serve_app.pipeline.chunks import run_in_chunks
 from serve_app.pipeline.arena import USE_ENV_ALLOCATORS, share_allocators
 from serve_app.pipeline.cuda_graph import PROVIDER_OPTION as CUDA_GRAPH_OPTION
 from serve_app.pipeline.cuda_graph import CudaGraphRunner
@@ -232,7 +233,7 @@ class OnnxSession:
         through it before any request can reach it; False when ``size`` is not pending.
         A failed build raises, and the bucket is no longer pending: its batches go on row by row."""
         with self._grow_lock:
-            if size not in self.pending_batch_sizes or self._build_session is None:
+            if size not in self.pending_batch_sizes:  # (while any is pending, _build_session is set)
                 return False
             self.pending_batch_sizes = tuple(s for s in self.pending_batch_sizes if s != size)
             builder = self._build_session
@@ -253,8 +254,7 @@ class OnnxSession:
         if self.per_batch_size and len(tensor) > 1 and len(tensor) not in self.by_batch_size:
             # a size without its own session (not built yet, or no bucket) would make batch 1's
             # session re-plan its kernels for a new shape: it runs row by row instead
-            parts = [self._run_on(self.session, tensor[i:i + 1]) for i in range(len(tensor))]
-            return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+            return run_in_chunks(lambda row: self._run_on(self.session, row), tensor, 1)
         return self._run_on(self.by_batch_size.get(len(tensor), self.session), tensor)
 
     def _run_on(self, session: ort.InferenceSession, tensor: np.ndarray) -> list[np.ndarray]:

@@ -42,8 +42,11 @@ class TensorBatcher:
         self._max_wait_s = max_wait_s
         self._executor = executor
         # the sizes batches are padded to; a callable is asked at every batch (buckets built later)
-        self._buckets: Callable[[], Sequence[int]] = (
-            buckets if callable(buckets) else (lambda fixed=tuple(sorted(buckets or batch_buckets(max_batch))): fixed))
+        if callable(buckets):
+            self._buckets: Callable[[], Sequence[int]] = buckets
+        else:
+            fixed = tuple(buckets or batch_buckets(max_batch))
+            self._buckets = lambda: fixed
         self._in_flight = in_flight
         self._queue: list[_Pending] = []
         self._wake: asyncio.Event | None = None
@@ -73,7 +76,7 @@ class TensorBatcher:
                 batch.append(item)
                 images += len(item.tensor)
             tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([b.tensor for b in batch])
-            tensor = pad_to_bucket(tensor, sorted(self._buckets()))
+            tensor = pad_to_bucket(tensor, self._buckets())
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run, tensor)
             except BaseException as exc:  # every waiter of this batch gets the error

@@ -321,7 +321,7 @@ class ModelCache:
                 need = self._need(model_id, prepared.artifact_bytes)
                 await self._make_room(model_id, need, pinned)
                 try:
-                    model, measured = await asyncio.to_thread(self._build, prepared)
+                    model, measured = await asyncio.to_thread(self._measured, prepared.build)
                 finally:
                     self._reserved.pop(model_id, None)
         except TimeoutError:
@@ -357,9 +357,6 @@ class ModelCache:
                  mib(self.policy.budget_bytes) if self.policy.budget_bytes else "no budget", len(self._models))
         self._events.loaded(model_id, prepared.tier, seconds, size)
         return loaded
-
-    def _build(self, prepared: Prepared) -> tuple[Any, int]:
-        return self._measured(prepared.build)
 
     def _measured(self, build: Callable[[], Any]) -> tuple[Any, int]:
         """``build()`` and the memory it took, measured alone."""

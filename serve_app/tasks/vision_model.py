@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from serve_app.errors import ModelLoadError
+from serve_app.pipeline.chunks import run_in_chunks
 from serve_app.pipeline.geometry import ImageTransform
 from serve_app.pipeline.graph import prepend_uint8_normalization
 from serve_app.pipeline.preprocess import prepare_image, to_tensor
@@ -158,8 +159,7 @@ class VisionModel:
         assert self.session is not None
         if self.session.dynamic_batch or len(tensor) == 1:
             return self.session.run(tensor)
-        parts = [self.session.run(tensor[i:i + 1]) for i in range(len(tensor))]
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return run_in_chunks(self.session.run, tensor, 1)
 
     def _decode(self, outs: list[np.ndarray], transform: ImageTransform, params: InferenceParams) -> dict:
         assert self.decoder is not None and self.session is not None
