@@ -153,6 +153,10 @@ VARIANTS = {
     # --spread (gpu_h200_lean_spread.json) and is now refused with more than one model per replica
     "haproxy-lazy": {"env": HAPROXY, "args": {"lazy_batch_sessions": True, "cublas_workspace_kib": 0}},
     "haproxy-cublas": {"env": HAPROXY, "args": {"lazy_batch_sessions": False, "cublas_workspace_kib": 4096}},
+    # a hot model spreads to one more replica once each holder has 8 requests in flight (one batch),
+    # not 32: at 32 clients one model is on about 4 replicas instead of 1
+    "haproxy-spread8": {"env": HAPROXY, "args": {"spread_at_ongoing": 8}},
+    "haproxy-spread16": {"env": HAPROXY, "args": {"spread_at_ongoing": 16}},
     # the same config behind Ray's Python proxy (a plain `serve run`)
     "proxy": {},
     # the replicas as the HTTP ingress, no gateway (no alias resolution before routing, no affinity)

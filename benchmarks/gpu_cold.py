@@ -9,7 +9,10 @@ the server's own session options and times, in one process, interleaved over ``r
 - ``phases``: the same steps one after another, each timed (graph rewrite, each session's build,
   each warm-up);
 - ``threads``: the two sessions built and warmed in two threads at once (whether onnxruntime lets
-  go of the GIL while it builds, and the two warm-ups overlap on the card).
+  go of the GIL while it builds, and the two warm-ups overlap on the card);
+- ``search``: per cuDNN algorithm search (``--search``, the CUDA provider's ``cudnn_conv_algo_search``),
+  a batch-1 load with its warm-up, then the steady call at batch 1, the batch-8 session's build and
+  warm-up and its steady call (what a faster warm-up would cost every later request).
 Every load is of a distinct model (a metadata entry changes), as a replica's loads are.
 """
 from __future__ import annotations
@@ -78,11 +81,51 @@ def _preoptimized(weights: bytes, options: SessionOptions, saved: Path) -> dict[
             "warm_from_optimized_1_ms": (t3 - t2) * 1e3}
 
 
+def _with_search(options: SessionOptions, mode: str) -> SessionOptions:
+    providers = tuple(("CUDAExecutionProvider", {**(p[1] if not isinstance(p, str) else {}),
+                                                 "cudnn_conv_algo_search": mode})
+                      if (p if isinstance(p, str) else p[0]) == "CUDAExecutionProvider" else p
+                      for p in options.providers)
+    return replace(options, providers=providers)
+
+
+def _steady_ms(fn, calls: int = 40) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+def _search_row(raw: bytes, serial: int, options: SessionOptions, mode: str) -> dict[str, float]:
+    """A batch-1 load under cuDNN search ``mode``, its steady batch-1 call, then its batch-8 session."""
+    data = _variant(raw, serial)
+    manifest = Manifest.from_dict(_manifest(f"search{serial}/1", data, ""))
+    sized = replace(_with_search(options, mode), lazy_batch_sessions=True)
+    t = time.perf_counter()
+    model = VisionModel.load(manifest, {"weights": data}, sized)
+    row = {"load_ms": (time.perf_counter() - t) * 1e3, "warmup_ms": model.warmup_seconds * 1e3}
+    one = model.blank_batch(1)
+    row["steady_1_ms"] = _steady_ms(lambda: model.session.run(one))
+    t = time.perf_counter()
+    model.add_batch_sessions()
+    row["add_buckets_ms"] = (time.perf_counter() - t) * 1e3
+    for size in model.batch_sessions[1:]:
+        batch = model.blank_batch(size)
+        row[f"steady_{size}_ms"] = _steady_ms(lambda: model.session.run(batch))
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--onnx", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--search", default="HEURISTIC,DEFAULT", help="cuDNN algorithm searches to compare")
+    ap.add_argument("--search-only", action="store_true", help="only the cuDNN search comparison")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "gpu_cold.json"
@@ -94,7 +137,17 @@ def main() -> None:
     result: dict = {"machine": machine(os.environ.get("GIT_COMMIT")), "buckets": list(options.batch_sizes),
                     "providers": [str(p) for p in options.providers], "rounds": []}
     serial = 0
+    modes = [m for m in args.search.split(",") if m]
+    result["search"] = {m: [] for m in modes}
     for r in range(args.rounds):
+        for mode in (modes if r % 2 == 0 else modes[::-1]):  # alternating order: neither always goes first
+            serial += 1
+            got = {k: round(v, 2) for k, v in _search_row(raw, serial, options, mode).items()}
+            result["search"][mode].append(got)
+            print(mode, json.dumps(got), flush=True)
+        path.write_text(json.dumps(result, indent=1))
+        if args.search_only:
+            continue
         row: dict = {}
         serial += 1
         data = _variant(raw, serial)

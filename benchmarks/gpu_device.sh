@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_device.sh tests OUT          # tests/test_gpu.py
 #   bash benchmarks/gpu_device.sh precision OUT S [ARGS...]  # benchmarks/gpu_precision.py ARGS within S seconds
 #   bash benchmarks/gpu_device.sh decode OUT         # benchmarks/gpu_decode.py (JPEG decode, CPU and GPU)
-#   bash benchmarks/gpu_device.sh cold OUT           # benchmarks/gpu_cold.py (a cold load, phase by phase)
+#   bash benchmarks/gpu_device.sh cold OUT [ARGS...] # benchmarks/gpu_cold.py ARGS (a cold load, phase by phase)
 #   bash benchmarks/gpu_device.sh bench OUT ARGS...  # benchmarks/gpu.py ARGS (LIMIT_S bounds it, default 560)
 # Every step is bounded by `timeout` and writes its log under OUT as it goes.
 set -u
@@ -31,7 +31,7 @@ case $step in
   decode)
     timeout 150 python3 -m benchmarks.gpu_decode --out "$out" 2>&1 | grep -v "^\s*$" | tee "$out/gpu_decode.log" ;;
   cold)
-    timeout 150 python3 -m benchmarks.gpu_cold --onnx .cache/bench/export/yolov8n.onnx --out "$out" 2>&1 \
+    timeout 150 python3 -m benchmarks.gpu_cold --onnx .cache/bench/export/yolov8n.onnx --out "$out" "$@" 2>&1 \
       | grep -v "^\s*$" | tee "$out/gpu_cold.log" ;;
   tests)
     timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs 2>&1 | tee "$out/test_gpu.log" ;;
