@@ -393,6 +393,8 @@ def main() -> None:
     ap.add_argument("--rf-python", default=sys.executable, help="the interpreter Roboflow Inference runs under")
     ap.add_argument("--clients", default="1,8,32,128,256")
     ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds of unrecorded load at each level and target before its window")
     ap.add_argument("--spread", action="store_true", help="also spread the best level over 3 and 12 models")
     ap.add_argument("--cpu", action="store_true", help="dry run on a machine without a GPU")
     args = ap.parse_args()
@@ -501,7 +503,9 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
         for c in [int(x) for x in args.clients.split(",")]:
             for target in sweep_targets:
                 model = [RF_MODEL] if target["name"].startswith("rf") else ids[:1]
-                r = drive(target, model, images, c, args.duration)
+                if args.settle > 0:  # unrecorded: a spill onto another replica loads there before the window
+                    drive(target, model, images, c, args.settle)
+                r = {**drive(target, model, images, c, args.duration), "settled_s": args.settle}
                 out["sweep"].append(r)
                 print(name, "sweep", json.dumps(r), flush=True)
                 save()
