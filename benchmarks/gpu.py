@@ -159,7 +159,8 @@ VARIANTS = {
     "haproxy-spread16": {"env": HAPROXY, "args": {"spread_at_ongoing": 16}},
     # the same config behind Ray's Python proxy (a plain `serve run`)
     "proxy": {},
-    # the replicas as the HTTP ingress, no gateway (no alias resolution before routing, no affinity)
+    # the replicas as the HTTP ingress, no gateway (no alias resolution before routing; behind HAProxy
+    # no model affinity either: Serve's own router, see serve_app/app.py ingress_settings)
     "haproxy-direct": {"env": HAPROXY, "args": {"direct_ingress": True}},
     "direct": {"args": {"direct_ingress": True}},
     # before the per-bucket sessions: one session for every batch size, one inference thread

@@ -33,3 +33,17 @@ def test_errors_keep_their_status(app):
     assert r.status_code == 400
     r = app.post("/", data=solid_jpeg(RED))
     assert r.status_code == 422
+
+
+def test_behind_haproxy_a_direct_ingress_keeps_serves_own_router(monkeypatch):
+    # Ray 2.60 refuses to deploy an ingress with a custom router behind HAProxy (the app never
+    # started: benchmarks/results/gpu/explore/gpu_h200_direct_not_started.json)
+    from serve_app.app import build_application
+
+    def router_of(app) -> str:
+        return str(app._bound_deployment._deployment_config.request_router_config.request_router_class)
+
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    assert "ModelAwareRouter" not in router_of(build_application({"direct_ingress": True}))
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY")
+    assert "ModelAwareRouter" in router_of(build_application({"direct_ingress": True}))
