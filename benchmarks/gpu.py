@@ -522,11 +522,12 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
                     out[key] = r
                     print(name, key, json.dumps(r), flush=True)
                     save()
-        cold = []
+        cold, cold_timing = [], []
         for mid in ids[12:16]:  # new model ids; their artifacts go origin -> disk -> object store -> replica
             t = time.perf_counter()
-            requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
+            r = requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
             cold.append((time.perf_counter() - t) * 1e3)
+            cold_timing.append(r.headers.get("Server-Timing", ""))
         out["cold_first_request_ms"] = cold
         # the same once the server is quiet: the loads above may wait for other replicas' loads and
         # bucket-session builds (they are measured one at a time per GPU, under its lock file)
@@ -534,10 +535,12 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
         quiet = []
         for mid in ids[16:20]:
             t = time.perf_counter()
-            requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
+            r = requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
             quiet.append((time.perf_counter() - t) * 1e3)
+            cold_timing.append(r.headers.get("Server-Timing", ""))
             time.sleep(1)
         out["cold_after_quiet_ms"] = quiet
+        out["cold_server_timing"] = cold_timing  # where each of those 8 first requests spent its time
         if not direct:
             reg = requests.get(url + "/model/registry", timeout=30).json()
             out["loads"] = [e for m in reg["models"] for e in m.get("loaded_on", [])]
