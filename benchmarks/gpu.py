@@ -545,6 +545,18 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
             reg = requests.get(url + "/model/registry", timeout=30).json()
             out["loads"] = [e for m in reg["models"] for e in m.get("loaded_on", [])]
             out["gpu_memory_mib_by_pid"] = gpu_memory_by_pid()
+            # issue 14's cold case: a model no replica holds, its weights already in the object store
+            # (unloaded everywhere by /model/clear, open on the loopback bind; the artifact stays)
+            requests.post(url + "/model/clear", timeout=120).raise_for_status()
+            time.sleep(2)
+            stored = []
+            for mid in ids[12:16]:
+                t = time.perf_counter()
+                r = requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
+                stored.append({"ms": (time.perf_counter() - t) * 1e3, "status": r.status_code,
+                               "server_timing": r.headers.get("Server-Timing", "")})
+                time.sleep(1)
+            out["cold_from_object_store"] = stored
         save()
     finally:
         out["stop"] = server.stop()
