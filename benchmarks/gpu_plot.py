@@ -1,6 +1,7 @@
 """Plot GPU benchmark results (benchmarks/gpu.py's JSON): throughput and latency against clients
 for every server variant and route (Roboflow Inference's too, where the run had it), and where a
-request's time goes (Server-Timing) for the first variant's first route.
+request's time goes (Server-Timing) for the first variant's first route of this server (Roboflow's
+answers carry no Server-Timing).
 
     python -m benchmarks.gpu_plot benchmarks/results/gpu/gpu_h200_graph_vs_roboflow.json [more.json ...] [--out PNG]
 
@@ -62,7 +63,8 @@ def plot(paths: list[Path], out: Path) -> None:
         d = json.loads(p.read_text())
         for name, s in variants(d).items():
             for route, rows in routes(s.get("sweep", [])).items():
-                first = first or (f"{name} {route}", rows)
+                if not route.startswith("rf"):
+                    first = first or (f"{name} {route}", rows)
                 label = (f"Roboflow Inference ({route})" if route.startswith("rf") else
                          f"{name or p.stem} {route}: {s['replicas']} replicas")
                 x = [r["clients"] for r in rows]
