@@ -449,6 +449,19 @@ def _wait_ready(url: str, proc: ManagedProcess, what: str, timeout_s: float = 24
         time.sleep(1)
 
 
+def first_request(infer: str, model_id: str, image: bytes, pause_s: float = 0.0) -> dict:
+    """One raw-body request for ``model_id``, timed: ``{"ms", "status", "server_timing"}``; then
+    ``pause_s`` of quiet (so the next first request does not meet this one's background work)."""
+    import requests
+
+    t = time.perf_counter()
+    r = requests.post(infer, data=image, headers={"serve_multiplexed_model_id": model_id}, timeout=120)
+    got = {"ms": (time.perf_counter() - t) * 1e3, "status": r.status_code,
+           "server_timing": r.headers.get("Server-Timing", "")}
+    time.sleep(pause_s)
+    return got
+
+
 def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: list[bytes], out: dict, save) -> None:
     """One server variant, with Roboflow Inference beside it when the rf-json target is asked
     for: start both, warm, sweep the clients (at each level every target in turn), optionally
@@ -522,25 +535,16 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
                     out[key] = r
                     print(name, key, json.dumps(r), flush=True)
                     save()
-        cold, cold_timing = [], []
-        for mid in ids[12:16]:  # new model ids; their artifacts go origin -> disk -> object store -> replica
-            t = time.perf_counter()
-            r = requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
-            cold.append((time.perf_counter() - t) * 1e3)
-            cold_timing.append(r.headers.get("Server-Timing", ""))
-        out["cold_first_request_ms"] = cold
+        # new model ids; their artifacts go origin -> disk -> object store -> replica
+        cold = [first_request(infer, mid, images[0]) for mid in ids[12:16]]
         # the same once the server is quiet: the loads above may wait for other replicas' loads and
         # bucket-session builds (they are measured one at a time per GPU, under its lock file)
         time.sleep(5)
-        quiet = []
-        for mid in ids[16:20]:
-            t = time.perf_counter()
-            r = requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
-            quiet.append((time.perf_counter() - t) * 1e3)
-            cold_timing.append(r.headers.get("Server-Timing", ""))
-            time.sleep(1)
-        out["cold_after_quiet_ms"] = quiet
-        out["cold_server_timing"] = cold_timing  # where each of those 8 first requests spent its time
+        quiet = [first_request(infer, mid, images[0], pause_s=1) for mid in ids[16:20]]
+        out["cold_first_request_ms"] = [c["ms"] for c in cold]
+        out["cold_after_quiet_ms"] = [c["ms"] for c in quiet]
+        # where each of those 8 first requests spent its time
+        out["cold_server_timing"] = [c["server_timing"] for c in cold + quiet]
         if not direct:
             reg = requests.get(url + "/model/registry", timeout=30).json()
             out["loads"] = [e for m in reg["models"] for e in m.get("loaded_on", [])]
@@ -549,14 +553,7 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
             # (unloaded everywhere by /model/clear, open on the loopback bind; the artifact stays)
             requests.post(url + "/model/clear", timeout=120).raise_for_status()
             time.sleep(2)
-            stored = []
-            for mid in ids[12:16]:
-                t = time.perf_counter()
-                r = requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
-                stored.append({"ms": (time.perf_counter() - t) * 1e3, "status": r.status_code,
-                               "server_timing": r.headers.get("Server-Timing", "")})
-                time.sleep(1)
-            out["cold_from_object_store"] = stored
+            out["cold_from_object_store"] = [first_request(infer, mid, images[0], pause_s=1) for mid in ids[12:16]]
         save()
     finally:
         out["stop"] = server.stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ import yaml
 
 from benchmarks.gpu import _manifest
 from benchmarks.gpu_machine import machine
+from benchmarks.gpu_precision import time_calls
 from serve_app.options import SessionOptions
 from serve_app.pipeline.graph import prepend_uint8_normalization
 from serve_app.pipeline.session import OnnxSession
@@ -82,22 +84,16 @@ def _preoptimized(weights: bytes, options: SessionOptions, saved: Path) -> dict[
 
 
 def _with_search(options: SessionOptions, mode: str) -> SessionOptions:
-    providers = tuple(("CUDAExecutionProvider", {**(p[1] if not isinstance(p, str) else {}),
-                                                 "cudnn_conv_algo_search": mode})
-                      if (p if isinstance(p, str) else p[0]) == "CUDAExecutionProvider" else p
-                      for p in options.providers)
-    return replace(options, providers=providers)
+    """``options`` with the CUDA provider's ``cudnn_conv_algo_search`` set to ``mode``."""
+    providers = []
+    for entry in options.providers:
+        name, opts = (entry, {}) if isinstance(entry, str) else entry
+        providers.append((name, {**opts, "cudnn_conv_algo_search": mode}) if name == "CUDAExecutionProvider" else entry)
+    return replace(options, providers=tuple(providers))
 
 
-def _steady_ms(fn, calls: int = 40) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+def _steady_ms(model: VisionModel, batch: int) -> float:
+    return time_calls(model, batch, calls=40, warmup=5, deadline=math.inf)["p50_ms"]
 
 
 def _search_row(raw: bytes, serial: int, options: SessionOptions, mode: str) -> dict[str, float]:
@@ -108,14 +104,12 @@ def _search_row(raw: bytes, serial: int, options: SessionOptions, mode: str) -> 
     t = time.perf_counter()
     model = VisionModel.load(manifest, {"weights": data}, sized)
     row = {"load_ms": (time.perf_counter() - t) * 1e3, "warmup_ms": model.warmup_seconds * 1e3}
-    one = model.blank_batch(1)
-    row["steady_1_ms"] = _steady_ms(lambda: model.session.run(one))
+    row["steady_1_ms"] = _steady_ms(model, 1)
     t = time.perf_counter()
     model.add_batch_sessions()
     row["add_buckets_ms"] = (time.perf_counter() - t) * 1e3
     for size in model.batch_sessions[1:]:
-        batch = model.blank_batch(size)
-        row[f"steady_{size}_ms"] = _steady_ms(lambda: model.session.run(batch))
+        row[f"steady_{size}_ms"] = _steady_ms(model, size)
     return row
 
 
