@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.gpu_machine import gpu_memory_by_pid
+from benchmarks.proc_cpu import WindowAccount
 from benchmarks.servers import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +164,11 @@ VARIANTS = {
     # no model affinity either: Serve's own router, see serve_app/app.py ingress_settings)
     "haproxy-direct": {"env": HAPROXY, "args": {"direct_ingress": True}},
     "direct": {"args": {"direct_ingress": True}},
+    # more, smaller replicas per GPU ("sizes" go over --replicas, --gateways and --replica-cpus): a
+    # replica's event loop runs decode, pre- and postprocessing and Ray's messaging for all its requests
+    "haproxy-r8": {"env": HAPROXY, "sizes": {"replicas": 8, "replica_cpus": 1.0}},
+    "haproxy-r8-g8": {"env": HAPROXY, "sizes": {"replicas": 8, "replica_cpus": 1.0, "gateways": 8}},
+    "haproxy-direct-r8": {"env": HAPROXY, "args": {"direct_ingress": True}, "sizes": {"replicas": 8, "replica_cpus": 1.0}},
     # before the per-bucket sessions: one session for every batch size, one inference thread
     "one-session": {"args": {"session_per_batch_size": False, "inference_threads": 1, "batch_buckets": [2, 4]}},
 }
@@ -280,7 +286,8 @@ def window_summary(records: list[tuple[float, float, int]], duration: float) -> 
 
 def drive(target: dict, models: list[str], images: list[bytes], clients: int, duration: float) -> dict:
     """``clients`` closed-loop clients in up to 8 processes, all started at one instant; only the
-    answers completed inside the window count."""
+    answers completed inside the window count. ``cpu``: where the machine's cores went in the
+    window, per process role (``benchmarks/proc_cpu.py``)."""
     ctx = mp.get_context("spawn")
     procs_n = min(clients, 8)
     per = [clients // procs_n + (1 if i < clients % procs_n else 0) for i in range(procs_n)]
@@ -294,6 +301,7 @@ def drive(target: dict, models: list[str], images: list[bytes], clients: int, du
             if not ready.acquire(timeout=120):
                 raise RuntimeError("a load process did not start in 120 s")
         go_at.value = time.monotonic() + 0.1
+        account = WindowAccount(go_at.value, duration, frozenset(p.pid for p in procs))
         go.set()
         results = [q.get(timeout=duration + 120) for _ in procs]
     finally:
@@ -302,8 +310,10 @@ def drive(target: dict, models: list[str], images: list[bytes], clients: int, du
             if p.is_alive():
                 p.terminate()
     records = [r for res in results for r in res[0]]
-    return {"target": target["name"], "clients": clients, "models": len(models), **window_summary(records, duration),
-            "server_timing_p50_ms": stage_medians([h for res in results for h in res[1]])}
+    summary = window_summary(records, duration)
+    return {"target": target["name"], "clients": clients, "models": len(models), **summary,
+            "server_timing_p50_ms": stage_medians([h for res in results for h in res[1]]),
+            "cpu": account.result(summary["answers"])}
 
 
 def stage_medians(headers: list[str]) -> dict[str, float]:
@@ -424,10 +434,20 @@ def main() -> None:
     ids = write_repository(args.onnx, Path("/tmp/gpubench-repo"), 20)
     result["server"] = {}
     for name in args.variants.split(","):
-        result["server"][name] = {"variant": VARIANTS[name], "replicas": args.replicas, "replica_cpus": args.replica_cpus,
-                                  "gateways": args.gateways,
+        result["server"][name] = {"variant": VARIANTS[name], **sizes(args, VARIANTS[name]),
                                   "max_batch": args.batch, "sweep": []}
         serve_variant(args, name, ids, images, result["server"][name], save)
+
+
+def sizes(args: argparse.Namespace, variant: dict) -> dict:
+    """Replicas, gateways and CPUs per replica: the command line's, unless the variant sets its own.
+
+    >>> a = argparse.Namespace(replicas=4, gateways=4, replica_cpus=2.0)
+    >>> sizes(a, VARIANTS["haproxy"]), sizes(a, VARIANTS["haproxy-r8"])["replicas"]
+    ({'replicas': 4, 'gateways': 4, 'replica_cpus': 2.0}, 8)
+    """
+    own = {"replicas": args.replicas, "gateways": args.gateways, "replica_cpus": args.replica_cpus}
+    return {**own, **variant.get("sizes", {})}
 
 
 def _wait_ready(url: str, proc: ManagedProcess, what: str, timeout_s: float = 240,
@@ -484,8 +504,9 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
         rf_port = free_port()
         rf = start_roboflow(work, args.onnx, args.rf_site, rf_port, args.rf_python)
         rf_url = f"http://127.0.0.1:{rf_port}"
-    server = start_server(work, Path("/tmp/gpubench-repo"), port, args.replicas, args.gateways, args.batch, args.cpu,
-                          VARIANTS[name], args.replica_max_ongoing, args.gpus, args.replica_cpus)
+    size = sizes(args, VARIANTS[name])
+    server = start_server(work, Path("/tmp/gpubench-repo"), port, size["replicas"], size["gateways"], args.batch,
+                          args.cpu, VARIANTS[name], args.replica_max_ongoing, args.gpus, size["replica_cpus"])
     try:
         infer = url + "/infer"
         if direct:  # no readiness route without the gateway: the first request answers it

@@ -8,13 +8,33 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from benchmarks import context, gpu, gpu_machine, loadgen, models, origin, servers, stats
+from benchmarks import context, gpu, gpu_machine, loadgen, models, origin, proc_cpu, servers, stats
 
 
-@pytest.mark.parametrize("module", [stats, loadgen, models, context, servers, origin, gpu, gpu_machine])
+@pytest.mark.parametrize("module", [stats, loadgen, models, context, servers, origin, gpu, gpu_machine, proc_cpu])
 def test_doctests(module) -> None:
     failures, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert attempted > 0 and failures == 0
+
+
+def test_window_account_charges_a_busy_process_to_its_role() -> None:
+    """A child spinning for the whole window is charged about one core (of a 2 s window, about
+    200 ms per answer of 10), to the load role because its PID is named as a load process."""
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 4: pass"])
+    try:
+        account = proc_cpu.WindowAccount(time.monotonic() + 0.5, 2.0, frozenset({child.pid}))
+        got = account.result(answers=10)
+    finally:
+        child.kill()
+        child.wait()
+    assert got is not None and got["seconds"] >= 1.9
+    assert 0.6 <= got["cores_by_role"]["load"] <= 1.05, got
+    assert 60 <= got["core_ms_per_answer"]["load"] <= 210, got
+    assert got["busy_cores"] >= 0.6, got
 
 
 def test_round_robin_over_more_models_than_the_cap_misses_every_time() -> None:

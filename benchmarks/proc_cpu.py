@@ -1,0 +1,230 @@
+"""Where a load window's CPU went: core-seconds per process role (ModelServer replicas, gateways,
+HAProxy, Ray's own processes, the load generator, Roboflow Inference), read from ``/proc`` at the
+window's start and end, per answer and as cores; the busiest thread of each serving role (an
+event loop at one core is that process's limit, however many cores the machine has left); the
+machine's busy cores; and, where nvidia-smi runs, the GPU's utilisation sampled through the window.
+
+``benchmarks/gpu.py`` records this for every window (``cpu`` in each sweep row).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+# (substring of the command line, role), first match wins; Ray names its workers by process title
+ROLES = (
+    ("ServeReplica:", ""),  # resolved by the deployment name after it, below
+    ("haproxy", "haproxy"),
+    ("ServeController", "serve_controller"),
+    ("rf_server.py", "roboflow"),
+    ("raylet", "raylet"),
+    ("gcs_server", "gcs"),
+    ("ray::", "ray_other"),
+    ("ray/", "ray_other"),
+)
+THREAD_ROLES = ("model_server", "gateway", "haproxy", "roboflow")
+
+
+def role(cmdline: str, pid: int = 0, load_pids: frozenset[int] = frozenset()) -> str:
+    """The role of a process from its command line (the load generator's by its PIDs).
+
+    >>> role("ray::ServeReplica:vision:ModelServer")
+    'model_server'
+    >>> role("ray::ServeReplica:vision:Gateway")
+    'gateway'
+    >>> role("/usr/sbin/haproxy -f /tmp/x/haproxy.cfg")
+    'haproxy'
+    >>> role("python -c spawn_main", pid=7, load_pids=frozenset({7}))
+    'load'
+    >>> role("/venv/lib/python3.12/site-packages/ray/core/src/ray/raylet/raylet --node")
+    'raylet'
+    >>> role("bash")
+    'other'
+    """
+    if pid in load_pids:
+        return "load"
+    for needle, name in ROLES:
+        if needle in cmdline:
+            if needle == "ServeReplica:":
+                deployment = cmdline.split("ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
+                return {"ModelServer": "model_server", "Gateway": "gateway"}.get(deployment, "ray_other")
+            return name
+    return "other"
+
+
+def _ticks(stat_text: str) -> tuple[int, int]:
+    """(utime + stime, start time) in clock ticks from a ``/proc/.../stat`` line.
+
+    >>> _ticks("12 (ray::Serve Replica) S 1 2 3 4 5 6 7 8 9 10 100 50 0 0 20 0 9 0 777 0 0")
+    (150, 777)
+    """
+    fields = stat_text[stat_text.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12]), int(fields[19])
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass
+class Snapshot:
+    """CPU ticks per (pid, start) and per (pid, tid, start) of the serving roles' threads."""
+    at: float
+    processes: dict[tuple[int, int], int] = field(default_factory=dict)
+    roles: dict[tuple[int, int], str] = field(default_factory=dict)
+    threads: dict[tuple[int, int, int], tuple[int, str]] = field(default_factory=dict)
+    machine: tuple[int, int] = (0, 0)  # (busy, total) ticks over all cores
+
+
+def machine_ticks(text: str) -> tuple[int, int]:
+    """(busy, total) ticks from ``/proc/stat``'s first line (idle and iowait are not busy).
+
+    >>> machine_ticks("cpu  100 0 50 800 50 0 0 0 0 0\\ncpu0 1 2 3")
+    (150, 1000)
+    """
+    values = [int(v) for v in text.splitlines()[0].split()[1:9]]
+    return sum(values) - values[3] - values[4], sum(values)
+
+
+def snapshot(load_pids: frozenset[int] = frozenset()) -> Snapshot:
+    snap = Snapshot(at=time.monotonic(), machine=machine_ticks(_read("/proc/stat") or "cpu 0 0 0 0 0 0 0 0"))
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        stat = _read(f"/proc/{pid}/stat")
+        if not stat:
+            continue
+        ticks, start = _ticks(stat)
+        name = role(_read(f"/proc/{pid}/cmdline").replace("\0", " "), pid, load_pids)
+        snap.processes[(pid, start)] = ticks
+        snap.roles[(pid, start)] = name
+        if name in THREAD_ROLES:
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                t_stat = _read(f"/proc/{pid}/task/{tid}/stat")
+                if t_stat:
+                    t_ticks, _ = _ticks(t_stat)
+                    snap.threads[(pid, int(tid), start)] = (t_ticks, _read(f"/proc/{pid}/task/{tid}/comm").strip())
+    return snap
+
+
+def cpu_between(before: Snapshot, after: Snapshot, answers: int, cores: int | None = None) -> dict:
+    """Cores used per role, core-ms per answer per role, the busiest thread of each serving role, and
+    the machine's busy cores between two snapshots. A process started in between counts from zero.
+
+    >>> b = Snapshot(at=0.0, processes={(1, 5): 100, (2, 6): 10}, roles={(1, 5): "model_server", (2, 6): "load"},
+    ...              threads={(1, 1, 5): (60, "python"), (1, 9, 5): (40, "ort")}, machine=(1000, 4000))
+    >>> a = Snapshot(at=2.0, processes={(1, 5): 300, (2, 6): 60, (3, 7): 20},
+    ...              roles={(1, 5): "model_server", (2, 6): "load", (3, 7): "gateway"},
+    ...              threads={(1, 1, 5): (240, "python"), (1, 9, 5): (60, "ort")}, machine=(1800, 5600))
+    >>> s = cpu_between(b, a, answers=100, cores=4)
+    >>> s["cores_by_role"] == {"model_server": round(200 * TICK_S / 2, 2), "load": round(50 * TICK_S / 2, 2),
+    ...                        "gateway": round(20 * TICK_S / 2, 2)}
+    True
+    >>> s["busiest_thread"]["model_server"]["name"], s["busy_cores"], s["cores"]
+    ('python', 2.0, 4)
+    """
+    seconds = max(after.at - before.at, 1e-9)
+    by_role: dict[str, int] = {}
+    for key, ticks in after.processes.items():
+        name = after.roles[key]
+        by_role[name] = by_role.get(name, 0) + ticks - before.processes.get(key, 0)
+    busiest: dict[str, dict] = {}
+    for key, (ticks, comm) in after.threads.items():
+        name = after.roles.get((key[0], key[2]), "other")
+        used = (ticks - before.threads.get(key, (0, ""))[0]) * TICK_S / seconds
+        if used > busiest.get(name, {}).get("cores", -1.0):
+            busiest[name] = {"cores": round(used, 2), "name": comm, "pid": key[0]}
+    busy = after.machine[0] - before.machine[0]
+    total = max(after.machine[1] - before.machine[1], 1)
+    n_cores = cores or os.cpu_count() or 1
+    return {
+        "seconds": round(seconds, 3),
+        "cores": n_cores,
+        "busy_cores": round(busy / total * n_cores, 2),
+        "cores_by_role": {r: round(t * TICK_S / seconds, 2) for r, t in sorted(by_role.items(), key=lambda x: -x[1])},
+        "core_ms_per_answer": {r: round(t * TICK_S * 1e3 / max(answers, 1), 2)
+                               for r, t in sorted(by_role.items(), key=lambda x: -x[1])},
+        "busiest_thread": busiest,
+    }
+
+
+class GpuSampler:
+    """``nvidia-smi`` polled every ``interval_ms`` while the window lasts: mean and max utilisation (%)."""
+
+    def __init__(self, interval_ms: int = 250) -> None:
+        self.interval_ms = interval_ms
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        try:
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                          f"-lms={self.interval_ms}"], stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self.proc = None
+
+    def stop(self) -> dict | None:
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return utilisation(out)
+
+
+def utilisation(text: str) -> dict | None:
+    """Mean and max of nvidia-smi's utilisation lines (one per GPU per sample; all GPUs pooled).
+
+    >>> utilisation("40\\n60\\nbad\\n80\\n")
+    {'samples': 3, 'mean_pct': 60.0, 'max_pct': 80.0}
+    >>> utilisation("") is None
+    True
+    """
+    values = [float(v) for v in text.split() if v.replace(".", "", 1).isdigit()]
+    if not values:
+        return None
+    return {"samples": len(values), "mean_pct": round(sum(values) / len(values), 1), "max_pct": max(values)}
+
+
+class WindowAccount:
+    """A thread that snapshots at ``start_at`` and ``start_at + duration`` (monotonic clock, which
+    the load processes share) and samples the GPU in between; ``result(answers)`` after ``join``."""
+
+    def __init__(self, start_at: float, duration: float, load_pids: frozenset[int]) -> None:
+        self.start_at, self.duration, self.load_pids = start_at, duration, load_pids
+        self.before: Snapshot | None = None
+        self.after: Snapshot | None = None
+        self.gpu: dict | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        time.sleep(max(0.0, self.start_at - time.monotonic()))
+        self.before = snapshot(self.load_pids)
+        sampler = GpuSampler()
+        sampler.start()
+        time.sleep(max(0.0, self.start_at + self.duration - time.monotonic()))
+        self.after = snapshot(self.load_pids)
+        self.gpu = sampler.stop()
+
+    def result(self, answers: int) -> dict | None:
+        self.thread.join(timeout=30)
+        if self.before is None or self.after is None:
+            return None
+        return {**cpu_between(self.before, self.after, answers), "gpu_utilisation": self.gpu}
