@@ -169,11 +169,6 @@ VARIANTS = {
     "haproxy-r8": {"env": HAPROXY, "sizes": {"replicas": 8, "replica_cpus": 1.0}},
     "haproxy-r8-g8": {"env": HAPROXY, "sizes": {"replicas": 8, "replica_cpus": 1.0, "gateways": 8}},
     "haproxy-direct-r8": {"env": HAPROXY, "args": {"direct_ingress": True}, "sizes": {"replicas": 8, "replica_cpus": 1.0}},
-    # the replicas' threads sleep while the GPU works instead of spinning a core each (CUDA's default
-    # with fewer contexts than cores; serve_app/pipeline/cuda_env.py blocking_sync)
-    "haproxy-blocking": {"env": HAPROXY, "args": {"cuda_blocking_sync": True}},
-    "haproxy-direct-r8-blocking": {"env": HAPROXY, "args": {"direct_ingress": True, "cuda_blocking_sync": True},
-                                   "sizes": {"replicas": 8, "replica_cpus": 1.0}},
     # before the per-bucket sessions: one session for every batch size, one inference thread
     "one-session": {"args": {"session_per_batch_size": False, "inference_threads": 1, "batch_buckets": [2, 4]}},
 }

@@ -70,7 +70,6 @@ class Settings:
     cuda_graph: bool = False  # on CUDA: the batch-1 session replays a CUDA graph from fixed device buffers
     shared_arena: bool = False  # a replica's sessions share one memory arena per device instead of one each
     cublas_workspace_kib: int = 0  # cuBLAS workspace per session handle (pipeline/cuda_env.py); 0: cuBLAS' default
-    cuda_blocking_sync: bool = False  # with a CUDA provider: threads sleep while the GPU works instead of spinning a core
     gpu_jpeg_decode: bool = False  # with a GPU: JPEGs decode there (nvImageCodec, pipeline/gpu_jpeg.py), else on the CPU
     inference_threads: int = 0  # session calls in flight per replica; 0 = 1 on the CPU, 2 with a GPU provider
     inference_scheduler: str = "fair"  # per-model queues, one thread more (serving/scheduler.py) | "fifo": one queue

@@ -167,41 +167,6 @@ def test_gpu_jpeg_decode_keeps_exif_orientation_to_images_py(scenes):
     assert np.abs(gpu.astype(np.int16) - cpu).mean() < 1.0
 
 
-BLOCKING_SYNC_PROBE = """
-import json
-import numpy as np
-from serve_app.pipeline.cuda_env import blocking_sync, primary_context_flags
-devices = blocking_sync()  # as a replica does it: before its first session
-from tests.test_gpu import PARAMS, on_gpu
-from zoo.shapes import draw_scene
-scene = draw_scene(np.random.default_rng(424_242))
-model = on_gpu("shapes-det/1")
-print(json.dumps({"devices": devices, "flags": primary_context_flags(0), "providers": model.providers,
-                  "predictions": model.predict([scene.image], PARAMS)[0]["predictions"]}))
-"""
-
-
-def test_blocking_sync_holds_in_a_fresh_process_and_answers_stay_the_cpus(scenes):
-    """``cuda_blocking_sync``: set before the first session, the device's primary context waits by
-    blocking (the flag reads back once ONNX Runtime has made it current) and the answers are the CPU's."""
-    import subprocess
-    import sys
-
-    from serve_app.pipeline.cuda_env import CU_CTX_SCHED_BLOCKING_SYNC
-
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", BLOCKING_SYNC_PROBE], cwd=root, capture_output=True, text=True,
-                         timeout=240)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["devices"] >= 1 and got["providers"][0] == "CUDAExecutionProvider", got
-    assert got["flags"] & 0x07 == CU_CTX_SCHED_BLOCKING_SYNC, got
-    expected = builtin("shapes-det/1").predict([scenes[0].image], PARAMS)[0]["predictions"]
-    assert expected and len(got["predictions"]) == len(expected)
-    pairs = match(pred_boxes(expected), [p["class"] for p in expected], got["predictions"], min_iou=0.98)
-    assert len(pairs) == len(expected)
-
-
 def test_a_replica_with_half_a_gpu_serves_on_it(ray_serve, tmp_path, scenes):
     import time
 
@@ -212,8 +177,7 @@ def test_a_replica_with_half_a_gpu_serves_on_it(ray_serve, tmp_path, scenes):
 
     if not ray.cluster_resources().get("GPU"):
         pytest.skip("Ray sees no GPU on this node")
-    app = deploy_app(ray_serve, tmp_path, {"providers": list(CUDA), "max_batch_size": 4, "gpu_jpeg_decode": True,
-                                             "cuda_blocking_sync": True},
+    app = deploy_app(ray_serve, tmp_path, {"providers": list(CUDA), "max_batch_size": 4, "gpu_jpeg_decode": True},
                      model_server_extra={"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}})
     try:
         expected = builtin("shapes-det/1").predict([scenes[0].image], InferenceParams())[0]["predictions"]

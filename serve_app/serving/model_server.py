@@ -30,10 +30,9 @@ from serve_app.errors import ArtifactError, SchemaError, ServeAppError
 from serve_app.http.direct import direct_infer
 from serve_app.http.requests import MAX_IMAGES_PER_REQUEST, ModelRequest  # noqa: F401 (the name stays here too)
 from serve_app.http.visualize import render
-from serve_app.pipeline.cuda_env import blocking_sync, limit_cublas_workspace
+from serve_app.pipeline.cuda_env import limit_cublas_workspace
 from serve_app.pipeline.gpu_jpeg import gpu_jpeg_decoder
 from serve_app.pipeline.images import load_source
-from serve_app.pipeline.session import GPU_PROVIDERS
 from serve_app.registry.actor import registry_handle
 from serve_app.registry.manifest import Manifest, split_key
 from serve_app.serving.batcher import TensorBatcher
@@ -68,9 +67,6 @@ class ModelServerCore:
     def __init__(self, settings_args: dict, metrics_factory: Any = None, routing: RoutingReport | None = None) -> None:
         self.settings = s = Settings(**settings_args)
         limited = limit_cublas_workspace(s.cublas_workspace_kib)  # before anything makes a CUDA handle
-        if s.cuda_blocking_sync and any((p if isinstance(p, str) else p[0]) in GPU_PROVIDERS for p in s.providers):
-            # before the first session makes a context current
-            log.info("CUDA contexts wait by blocking on %d device(s)", blocking_sync())
         self.registry = registry_handle(s)
         self.artifacts = artifact_cache_handle(s)
         try:
