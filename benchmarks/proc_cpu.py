@@ -24,7 +24,7 @@ ROLES = (
     ("rf_server.py", "roboflow"),
     ("raylet", "raylet"),
     ("gcs_server", "gcs"),
-    ("ray::", "ray_other"),
+    ("ray::", ""),  # any other Ray worker: by its actor class (ray::ProxyActor -> ray:ProxyActor)
     ("ray/", "ray_other"),
 )
 THREAD_ROLES = ("model_server", "gateway", "haproxy", "roboflow")
@@ -43,6 +43,8 @@ def role(cmdline: str, pid: int = 0, load_pids: frozenset[int] = frozenset()) ->
     'load'
     >>> role("/venv/lib/python3.12/site-packages/ray/core/src/ray/raylet/raylet --node")
     'raylet'
+    >>> role("ray::ProxyActor"), role("ray::ArtifactCacheActor.get")
+    ('ray:ProxyActor', 'ray:ArtifactCacheActor')
     >>> role("bash")
     'other'
     """
@@ -53,6 +55,8 @@ def role(cmdline: str, pid: int = 0, load_pids: frozenset[int] = frozenset()) ->
             if needle == "ServeReplica:":
                 deployment = cmdline.split("ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
                 return {"ModelServer": "model_server", "Gateway": "gateway"}.get(deployment, "ray_other")
+            if needle == "ray::":
+                return "ray:" + (cmdline.split("ray::", 1)[1].split() or ["?"])[0].split(".")[0]
             return name
     return "other"
 
