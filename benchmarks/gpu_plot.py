@@ -5,7 +5,9 @@ answers carry no Server-Timing).
 
     python -m benchmarks.gpu_plot benchmarks/results/gpu/gpu_h200_graph_vs_roboflow.json [more.json ...] [--out PNG]
 
-Writes gpu.png beside the first file unless ``--out`` names another.
+Writes gpu.png beside the first file unless ``--out`` names another; where the runs recorded
+where the cores went (``cpu`` in each row, benchmarks/proc_cpu.py), also ``<out>_cores.png``: core-ms
+per answer by process role for every variant, route and client level.
 """
 from __future__ import annotations
 
@@ -56,6 +58,46 @@ def breakdown(row: dict) -> dict[str, float]:
     return parts
 
 
+ROLES = ("model_server", "gateway", "haproxy", "load", "roboflow")
+
+
+def core_ms(row: dict) -> dict[str, float]:
+    """Core-ms per answer of one sweep level by role, Ray's own processes and the rest pooled.
+
+    >>> core_ms({"cpu": {"core_ms_per_answer": {"model_server": 8.0, "gcs": 0.1, "ray:ProxyActor": 0.4}}})
+    {'model_server': 8.0, 'gateway': 0.0, 'haproxy': 0.0, 'load': 0.0, 'roboflow': 0.0, 'Ray and other': 0.5}
+    """
+    per = (row.get("cpu") or {}).get("core_ms_per_answer", {})
+    out = {r: per.get(r, 0.0) for r in ROLES}
+    out["Ray and other"] = round(sum(v for r, v in per.items() if r not in ROLES), 2)
+    return out
+
+
+def plot_cores(paths: list[Path], out: Path) -> bool:
+    """The cores figure; False (nothing written) when no row recorded ``cpu``."""
+    bars = []
+    for p in paths:
+        for name, s in variants(json.loads(p.read_text())).items():
+            for route, rows in routes(s.get("sweep", [])).items():
+                bars += [(f"{name} {route}\n{r['clients']} cl, {r['req_per_s']:.0f}/s", core_ms(r))
+                         for r in rows if r.get("cpu")]
+    if not bars:
+        return False
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.8 * len(bars)), 5))
+    bottom = [0.0] * len(bars)
+    for part in bars[0][1]:
+        vals = [b[1][part] for b in bars]
+        ax.bar([b[0] for b in bars], vals, bottom=bottom, label=part)
+        bottom = [x + y for x, y in zip(bottom, vals)]
+    ax.set_ylabel("core-ms per answer (stacked)")
+    ax.tick_params(axis="x", labelsize=6, labelrotation=35)
+    ax.legend(fontsize=7)
+    ax.set_title("where the cores go, per answer, by process role (one H200, 16 cores)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return True
+
+
 def plot(paths: list[Path], out: Path) -> None:
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.6))
     first = None
@@ -101,6 +143,7 @@ def plot(paths: list[Path], out: Path) -> None:
                  "this server, Roboflow Inference and raw ONNX Runtime")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    plot_cores(paths, out.with_name(out.stem + "_cores.png"))
 
 
 if __name__ == "__main__":
