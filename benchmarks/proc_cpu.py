@@ -99,6 +99,7 @@ def machine_ticks(text: str) -> tuple[int, int]:
 
 
 def snapshot(load_pids: frozenset[int] = frozenset()) -> Snapshot:
+    """Every process's CPU ticks and role now, and the threads of the serving roles."""
     snap = Snapshot(at=time.monotonic(), machine=machine_ticks(_read("/proc/stat") or "cpu 0 0 0 0 0 0 0 0"))
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -126,7 +127,8 @@ def snapshot(load_pids: frozenset[int] = frozenset()) -> Snapshot:
 
 def cpu_between(before: Snapshot, after: Snapshot, answers: int, cores: int | None = None) -> dict:
     """Cores used per role, core-ms per answer per role, the busiest thread of each serving role, and
-    the machine's busy cores between two snapshots. A process started in between counts from zero.
+    the machine's busy cores between two snapshots. A process started in between counts from zero;
+    one that ended in between is missing from the roles (the machine's busy cores still hold it).
 
     >>> b = Snapshot(at=0.0, processes={(1, 5): 100, (2, 6): 10}, roles={(1, 5): "model_server", (2, 6): "load"},
     ...              threads={(1, 1, 5): (60, "python"), (1, 9, 5): (40, "ort")}, machine=(1000, 4000))
