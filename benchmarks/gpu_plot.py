@@ -73,6 +73,15 @@ def core_ms(row: dict) -> dict[str, float]:
     return out
 
 
+def stacked(ax, labels: list[str], rows: list[dict[str, float]]) -> None:
+    """One stacked bar per label, a segment per key of the first row (missing keys count 0)."""
+    bottom = [0.0] * len(rows)
+    for part in rows[0]:
+        vals = [r.get(part, 0.0) for r in rows]
+        ax.bar(labels, vals, bottom=bottom, label=part)
+        bottom = [x + y for x, y in zip(bottom, vals)]
+
+
 def plot_cores(paths: list[Path], out: Path) -> bool:
     """The cores figure; False (nothing written) when no row recorded ``cpu``."""
     bars = []
@@ -84,11 +93,7 @@ def plot_cores(paths: list[Path], out: Path) -> bool:
     if not bars:
         return False
     fig, ax = plt.subplots(figsize=(max(8.0, 0.8 * len(bars)), 5))
-    bottom = [0.0] * len(bars)
-    for part in bars[0][1]:
-        vals = [b[1][part] for b in bars]
-        ax.bar([b[0] for b in bars], vals, bottom=bottom, label=part)
-        bottom = [x + y for x, y in zip(bottom, vals)]
+    stacked(ax, [b[0] for b in bars], [b[1] for b in bars])
     ax.set_ylabel("core-ms per answer (stacked)")
     ax.tick_params(axis="x", labelsize=6, labelrotation=35)
     ax.legend(fontsize=7)
@@ -128,13 +133,7 @@ def plot(paths: list[Path], out: Path) -> None:
     b.legend(fontsize=6)
     if first:
         name, sweep = first
-        rows = [breakdown(r) for r in sweep]
-        labels = [str(r["clients"]) for r in sweep]
-        bottom = [0.0] * len(rows)
-        for part in rows[0]:
-            vals = [r.get(part, 0.0) for r in rows]
-            c.bar(labels, vals, bottom=bottom, label=part)
-            bottom = [x + y for x, y in zip(bottom, vals)]
+        stacked(c, [str(r["clients"]) for r in sweep], [breakdown(r) for r in sweep])
         c.set_xlabel("concurrent clients")
         c.set_ylabel("median ms (stacked)")
         c.set_title(f"where a request's time goes: {name}", fontsize=9)

@@ -15,23 +15,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.servers import cmdline
+
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 # (substring of the command line, role), first match wins; Ray names its workers by process title
-ROLES = (
-    ("ServeReplica:", ""),  # resolved by the deployment name after it, below
+NAMED = (
     ("haproxy", "haproxy"),
     ("ServeController", "serve_controller"),
     ("rf_server.py", "roboflow"),
     ("raylet", "raylet"),
     ("gcs_server", "gcs"),
-    ("ray::", ""),  # any other Ray worker: by its actor class (ray::ProxyActor -> ray:ProxyActor)
-    ("ray/", "ray_other"),
 )
+SERVE_DEPLOYMENTS = {"ModelServer": "model_server", "Gateway": "gateway"}
 THREAD_ROLES = ("model_server", "gateway", "haproxy", "roboflow")
 
 
 def role(cmdline: str, pid: int = 0, load_pids: frozenset[int] = frozenset()) -> str:
-    """The role of a process from its command line (the load generator's by its PIDs).
+    """The role of a process from its command line (the load generator's by its PIDs): a Serve
+    replica by its deployment, a named process, any other Ray worker by its actor class.
 
     >>> role("ray::ServeReplica:vision:ModelServer")
     'model_server'
@@ -43,22 +44,22 @@ def role(cmdline: str, pid: int = 0, load_pids: frozenset[int] = frozenset()) ->
     'load'
     >>> role("/venv/lib/python3.12/site-packages/ray/core/src/ray/raylet/raylet --node")
     'raylet'
-    >>> role("ray::ProxyActor"), role("ray::ArtifactCacheActor.get")
-    ('ray:ProxyActor', 'ray:ArtifactCacheActor')
+    >>> role("ray::ProxyActor"), role("ray::ArtifactCacheActor.get"), role("ray::ServeController")
+    ('ray:ProxyActor', 'ray:ArtifactCacheActor', 'serve_controller')
     >>> role("bash")
     'other'
     """
     if pid in load_pids:
         return "load"
-    for needle, name in ROLES:
-        if needle in cmdline:
-            if needle == "ServeReplica:":
-                deployment = cmdline.split("ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
-                return {"ModelServer": "model_server", "Gateway": "gateway"}.get(deployment, "ray_other")
-            if needle == "ray::":
-                return "ray:" + (cmdline.split("ray::", 1)[1].split() or ["?"])[0].split(".")[0]
-            return name
-    return "other"
+    if "ServeReplica:" in cmdline:
+        deployment = cmdline.split("ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
+        return SERVE_DEPLOYMENTS.get(deployment, "ray_other")
+    named = next((name for needle, name in NAMED if needle in cmdline), None)
+    if named:
+        return named
+    if "ray::" in cmdline:
+        return "ray:" + (cmdline.split("ray::", 1)[1].split() or ["?"])[0].split(".")[0]
+    return "ray_other" if "ray/" in cmdline else "other"
 
 
 def _ticks(stat_text: str) -> tuple[int, int]:
@@ -109,7 +110,7 @@ def snapshot(load_pids: frozenset[int] = frozenset()) -> Snapshot:
         if not stat:
             continue
         ticks, start = _ticks(stat)
-        name = role(_read(f"/proc/{pid}/cmdline").replace("\0", " "), pid, load_pids)
+        name = role(cmdline(pid), pid, load_pids)
         snap.processes[(pid, start)] = ticks
         snap.roles[(pid, start)] = name
         if name in THREAD_ROLES:
@@ -156,13 +157,13 @@ def cpu_between(before: Snapshot, after: Snapshot, answers: int, cores: int | No
     busy = after.machine[0] - before.machine[0]
     total = max(after.machine[1] - before.machine[1], 1)
     n_cores = cores or os.cpu_count() or 1
+    ranked = sorted(by_role.items(), key=lambda x: -x[1])
     return {
         "seconds": round(seconds, 3),
         "cores": n_cores,
         "busy_cores": round(busy / total * n_cores, 2),
-        "cores_by_role": {r: round(t * TICK_S / seconds, 2) for r, t in sorted(by_role.items(), key=lambda x: -x[1])},
-        "core_ms_per_answer": {r: round(t * TICK_S * 1e3 / max(answers, 1), 2)
-                               for r, t in sorted(by_role.items(), key=lambda x: -x[1])},
+        "cores_by_role": {r: round(t * TICK_S / seconds, 2) for r, t in ranked},
+        "core_ms_per_answer": {r: round(t * TICK_S * 1e3 / max(answers, 1), 2) for r, t in ranked},
         "busiest_thread": busiest,
     }
 
