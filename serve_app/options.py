@@ -93,6 +93,14 @@ class SessionOptions:
     # The process's sessions share one arena per device (ONNX Runtime's environment allocators)
     # instead of one per session (pipeline/arena.py).
     shared_arena: bool = False
+    # Where a model's optimised graph is kept (pipeline/graph_cache.py): its later loads build from
+    # it with ONNX Runtime's optimisations off and skip the uint8 rewrite. None: every load optimises.
+    graph_cache_dir: str | None = None
+    graph_cache_max_bytes: int = 2 * 2**30
+    # The bucket sessions (batch > 1) give their arena's free memory back to the device after
+    # each call: a model holds its batch-1 session's memory only, at the cost of allocating a
+    # batch's memory on each batched call.
+    shrink_batch_arenas: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -69,6 +69,9 @@ class Settings:
     precision: str = "fp32"  # "fp16": graphs converted to float16 at load, on CUDA/TensorRT only (see SessionOptions)
     cuda_graph: bool = False  # on CUDA: the batch-1 session replays a CUDA graph from fixed device buffers
     shared_arena: bool = False  # a replica's sessions share one memory arena per device instead of one each
+    graph_cache: bool = True  # keep each model's optimised graph under <cache_dir>/graphs: later loads start from it
+    graph_cache_max_bytes: int = 2 * 2**30
+    shrink_batch_arenas: bool = False  # bucket sessions give their arena back after each call (less memory, slower)
     cublas_workspace_kib: int = 0  # cuBLAS workspace per session handle (pipeline/cuda_env.py); 0: cuBLAS' default
     gpu_jpeg_decode: bool = False  # with a GPU: JPEGs decode there (nvImageCodec, pipeline/gpu_jpeg.py), else on the CPU
     inference_threads: int = 0  # session calls in flight per replica; 0 = 1 on the CPU, 2 with a GPU provider
@@ -181,6 +184,9 @@ class Settings:
                               session_per_batch_size=self.session_per_batch_size,
                               lazy_batch_sessions=self.lazy_batch_sessions,
                               precision=self.precision, cuda_graph=self.cuda_graph, shared_arena=self.shared_arena,
+                              graph_cache_dir=os.path.join(self.cache_dir, "graphs") if self.graph_cache else None,
+                              graph_cache_max_bytes=self.graph_cache_max_bytes,
+                              shrink_batch_arenas=self.shrink_batch_arenas,
                               tensorrt_cache_dir=self.tensorrt_cache_dir or os.path.join(self.cache_dir, "tensorrt"))
 
     @property

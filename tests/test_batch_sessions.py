@@ -95,9 +95,9 @@ def test_a_size_without_a_session_is_not_fed_to_batch_ones_session(images):
         def __init__(self, inner: Any) -> None:
             self.inner, self.sizes = inner, []
 
-        def run(self, names: Any, feeds: dict) -> Any:
+        def run(self, names: Any, feeds: dict, run_options: Any = None) -> Any:
             self.sizes.append(len(next(iter(feeds.values()))))
-            return self.inner.run(names, feeds)
+            return self.inner.run(names, feeds, run_options)
 
     model.session.session = recording = Recording(model.session.session)
     got = model.session.run(nine)
@@ -134,3 +134,19 @@ def test_a_failed_bucket_build_leaves_batches_row_by_row_and_is_not_retried(imag
     assert model.pending_batch_sizes == () and model.session.batch_sizes == [1]
     assert model.add_batch_sessions() == []
     assert batched(model, images) == expected
+
+
+def test_shrinking_bucket_arenas_keeps_every_answer(images):
+    """``shrink_batch_arenas``: the bucket sessions' calls give their arena back to the device (on
+    a GPU, a model then holds batch 1's memory only); batch 1's session keeps its arena."""
+    from serve_app.pipeline.session import SHRINK_ARENAS
+    from serve_app.settings import Settings
+
+    assert Settings.from_args({"shrink_batch_arenas": True}).session_options.shrink_batch_arenas
+    expected = one_by_one(load(), images)
+    model = load(shrink_batch_arenas=True, lazy_batch_sessions=True)
+    assert model.session.shrink is not None
+    assert model.session.shrink.get_run_config_entry(SHRINK_ARENAS) == "cpu:0"
+    assert model.add_batch_sessions() == [8]
+    assert batched(model, images) == expected and batched(model, images) == expected
+    assert one_by_one(model, images) == expected

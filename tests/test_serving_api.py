@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import cv2
@@ -100,3 +101,56 @@ def test_registry_lists_models_and_aliases(app):
     ids = {m["model_id"] for m in view["available"]}
     assert "ocr/1" in ids
     assert view["aliases"]["shapes"] == "shapes-det/1"
+
+
+def _timings(response) -> dict[str, float]:
+    """Server-Timing's entries, in ms."""
+    parts = (p.strip().partition(";dur=") for p in response.headers.get("Server-Timing", "").split(","))
+    return {name: float(dur) for name, _, dur in parts if dur}
+
+
+def _replica_entry(app: DeployedApp, model_id: str) -> dict:
+    deadline = time.time() + 15  # replicas report their loads without waiting; let the report land
+    while time.time() < deadline:
+        models = {m["model_id"]: m for m in app.get("/model/registry").json()["models"]}
+        if models.get(model_id, {}).get("loaded_on"):
+            return models[model_id]["loaded_on"][0]
+        time.sleep(0.3)
+    raise AssertionError(f"{model_id} is not reported loaded")
+
+
+def _cleared(app: DeployedApp) -> None:
+    assert app.post("/model/clear").status_code == 200
+    deadline = time.time() + 15
+    while app.get("/model/registry").json()["models"] and time.time() < deadline:
+        time.sleep(0.3)
+
+
+def test_a_first_request_shows_its_load_and_a_reload_starts_from_the_kept_graph(app):
+    """The request that waited for a load says where the load's time went (Server-Timing's
+    ``load_*`` entries); once the model is unloaded, its next load builds from the optimised graph
+    the earlier one kept (``<cache_dir>/graphs``) and gives the same answer."""
+    image = (Path(__file__).resolve().parents[1] / "serve_app/http/static/sample-shapes.jpg").read_bytes()
+    headers = {"serve_multiplexed_model_id": "shapes-det/1", "content-type": "image/jpeg"}
+    answers, timings, entries = [], [], []
+    for _ in range(2):
+        _cleared(app)
+        r = app.post("/infer", data=image, headers=headers)
+        assert r.status_code == 200, r.text
+        answers.append([{k: v for k, v in p.items() if k != "detection_id"} for p in r.json()["predictions"]])
+        timings.append(_timings(r))
+        entries.append(_replica_entry(app, "shapes-det/1"))  # (a clear reaches the loads reported)
+    entry = entries[-1]
+    assert entries[0]["loaded_at"] < entry["loaded_at"]
+    assert entry["graph_cache_hit"] is True
+    assert answers[0] == answers[1] and {p["class"] for p in answers[0]} == {"circle", "square", "triangle"}
+    phases = ("load_fetch", "load_room", "load_lock", "load_graph", "load_session", "load_warmup", "load_measure")
+    for t in timings:
+        assert set(phases) <= set(t) and all(t[p] >= 0 for p in phases)
+        assert sum(t[p] for p in phases) <= t["load_wait"] + 1.0  # phases of the load the request waited for
+    assert set(entry["load_phases"]) == {p[len("load_"):] for p in phases}
+    graphs = Path(app.args["cache_dir"]) / "graphs"
+    assert [p.suffix for p in graphs.iterdir()] == [".onnx"]
+    # a later request of the loaded model waited for nothing
+    r = app.post("/infer", data=image, headers=headers)
+    assert r.status_code == 200 and not any(k.startswith("load_") for k in _timings(r))

@@ -11,6 +11,7 @@ CUDA only) and ``shared_arena`` (the process's sessions share one arena per devi
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from serve_app.pipeline.chunks import run_in_chunks
 from serve_app.pipeline.arena import USE_ENV_ALLOCATORS, share_allocators
 from serve_app.pipeline.cuda_graph import PROVIDER_OPTION as CUDA_GRAPH_OPTION
 from serve_app.pipeline.cuda_graph import CudaGraphRunner
+from serve_app.pipeline.graph_cache import GraphCache
 from serve_app.pipeline.precision import convert_to_fp16
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,9 @@ def _create(payload: bytes, so: ort.SessionOptions, providers: list[Any], label:
         raise ModelLoadError(f"{label}: ONNX Runtime cannot load the weights: {str(exc).splitlines()[0][:300]}") from None
 
 
-def _ort_options(options: SessionOptions, shared_arena: bool) -> ort.SessionOptions:
+def _ort_options(options: SessionOptions, shared_arena: bool, optimized: bool = False) -> ort.SessionOptions:
+    """ONNX Runtime's options for ``options``; ``optimized``: the graph is one ONNX Runtime already
+    optimised (a :class:`SavedGraph` hit), so no optimisation runs again."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
@@ -85,8 +89,46 @@ def _ort_options(options: SessionOptions, shared_arena: bool) -> ort.SessionOpti
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[options.graph_optimization]
+    }["disabled" if optimized else options.graph_optimization]
     return so
+
+
+@dataclass(frozen=True)
+class SavedGraph:
+    """A model's optimised graph in a :class:`GraphCache`. ``hit``: the bytes handed to
+    :meth:`OnnxSession.from_bytes` are that graph; else its first session saves it there."""
+
+    cache: GraphCache
+    key: str
+    hit: bool = False
+
+
+def graph_cache_applies(options: SessionOptions) -> bool:
+    """Whether loads under ``options`` keep optimised graphs: float32 graphs without CUDA graphs or
+    TensorRT (whose compiled nodes ONNX Runtime cannot write out)."""
+    names = {_name(p) for p in options.providers}
+    return bool(options.graph_cache_dir) and options.precision == "fp32" and not options.cuda_graph \
+        and "TensorrtExecutionProvider" not in names
+
+
+def _create_saving(payload: bytes, options: SessionOptions, shared: bool, providers: list[Any], label: str,
+                   saved: SavedGraph) -> ort.InferenceSession:
+    """A session that writes its optimised graph to ``saved``'s cache, kept only when every asked
+    provider started (a graph optimised for the CPU fallback must not be served to CUDA later)."""
+    so = _ort_options(options, shared)
+    temporary = saved.cache.temporary(saved.key)
+    so.optimized_model_filepath = temporary
+    try:
+        session = _create(payload, so, providers, label)
+    except BaseException:
+        saved.cache.abandon(temporary)
+        raise
+    if [_name(p) for p in providers] == session.get_providers() and os.path.exists(temporary):
+        saved.cache.commit(temporary, saved.key)
+        log.info("%s: optimised graph kept for later loads", label)
+    else:
+        saved.cache.abandon(temporary)
+    return session
 
 
 def _fp16_weights(payload: bytes, options: SessionOptions, provider: str, label: str) -> bytes | None:
@@ -118,6 +160,16 @@ def _cuda_device(providers: list[Any]) -> int:
     return 0 if isinstance(first, str) else int(first[1].get("device_id", 0))
 
 
+SHRINK_ARENAS = "memory.enable_memory_arena_shrinkage"
+
+
+def _shrinking(used: list[str], providers: list[Any]) -> ort.RunOptions:
+    """Run options that give the arena's free memory back to the device at the end of each call."""
+    ro = ort.RunOptions()
+    ro.add_run_config_entry(SHRINK_ARENAS, f"gpu:{_cuda_device(providers)}" if used[0] in GPU_PROVIDERS else "cpu:0")
+    return ro
+
+
 @dataclass
 class OnnxSession:
     """A loaded ONNX model: names and shapes of its inputs/outputs, the providers really in use."""
@@ -141,15 +193,22 @@ class OnnxSession:
     precision: str = "fp32"  # what the graph really runs in
     cuda_graph: CudaGraphRunner | None = None  # set when the batch-1 session replays a CUDA graph
     shared_arena: bool = False  # whether its sessions take their memory from the process's shared arenas
+    graph_cache_hit: bool = False  # built from the optimised graph an earlier load kept (SavedGraph)
+    shrink: ort.RunOptions | None = None  # the bucket sessions' calls give their arena back (shrink_batch_arenas)
 
     @classmethod
-    def from_bytes(cls, data: bytes | memoryview | np.ndarray, options: SessionOptions, label: str = "model") -> "OnnxSession":
+    def from_bytes(cls, data: bytes | memoryview | np.ndarray, options: SessionOptions, label: str = "model",
+                   saved: SavedGraph | None = None) -> "OnnxSession":
+        """``saved``: where the model's optimised graph is kept (see :class:`SavedGraph`); ignored
+        where :func:`graph_cache_applies` says no. A hit that ONNX Runtime cannot load raises
+        :class:`ModelLoadError` (the caller discards it and loads the weights)."""
         started = time.perf_counter()
         providers, skipped = _resolve_providers(options.providers, options.tensorrt_cache_dir)
         if skipped:
             log.warning("%s: providers not available in this onnxruntime build: %s", label, skipped)
+        saved = saved if saved is not None and graph_cache_applies(options) else None
         shared = bool(options.shared_arena and share_allocators(providers))
-        so = _ort_options(options, shared)
+        so = _ort_options(options, shared, optimized=saved is not None and saved.hit)
         payload = bytes(data) if not isinstance(data, bytes) else data
         fp16 = _fp16_weights(payload, options, _name(providers[0]), label)
         weights = fp16 or payload
@@ -161,7 +220,10 @@ class OnnxSession:
                 log.warning("%s: no CUDA graph (%s); plain sessions", label, exc.message)
                 graphs = False
         if not graphs:
-            session = _create(weights, so, providers, label)
+            if saved is not None and not saved.hit:
+                session = _create_saving(weights, options, shared, providers, label, saved)
+            else:
+                session = _create(weights, so, providers, label)
         used = session.get_providers()
         unusable = [p for p in (_name(p) for p in providers) if p not in used]
         if unusable:
@@ -177,6 +239,9 @@ class OnnxSession:
         loaded = cls(session, inp.name, list(inp.shape), inp.type, [o.name for o in outs], [list(o.shape) for o in outs],
                      used, dict(session.get_modelmeta().custom_metadata_map), io_binding=options.io_binding and on_gpu,
                      precision="fp16" if fp16 is not None else "fp32", shared_arena=shared)
+        loaded.graph_cache_hit = saved is not None and saved.hit
+        if options.shrink_batch_arenas and not shared:  # (a shared arena is the process's, not the session's)
+            loaded.shrink = _shrinking(used, providers)
         if (on_gpu or options.force_batch_sessions) and options.session_per_batch_size and loaded.dynamic_batch:
             # the main session serves batch 1 (its warm-up shape); each other bucket gets its own
             sizes = tuple(sorted(set(options.batch_sizes) - {1}))
@@ -241,7 +306,7 @@ class OnnxSession:
                 self._build_session = None  # the weights it holds go with it
             started = time.perf_counter()
             session = builder()
-            session.run(self.output_names, {self.input_name: warm_input})
+            session.run(self.output_names, {self.input_name: warm_input}, self.shrink)
             self.by_batch_size = {**self.by_batch_size, size: session}  # readers see the old or the new dict
             log.info("session for batch size %d built and warmed in %.0f ms", size, (time.perf_counter() - started) * 1e3)
             return True
@@ -259,10 +324,11 @@ class OnnxSession:
 
     def _run_on(self, session: ort.InferenceSession, tensor: np.ndarray) -> list[np.ndarray]:
         if not self.io_binding:
-            return session.run(self.output_names, {self.input_name: tensor})
+            shrink = self.shrink if session is not self.session else None
+            return session.run(self.output_names, {self.input_name: tensor}, shrink)
         binding = session.io_binding()
         binding.bind_cpu_input(self.input_name, tensor)
         for name in self.output_names:
             binding.bind_output(name, "cpu")
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding, self.shrink if session is not self.session else None)
         return binding.copy_outputs_to_cpu()

@@ -38,6 +38,7 @@ class LoadedModel:
         self.loaded_at = time.time()
         self.last_used = self.loaded_at
         self.requests = 0
+        self.phases: dict[str, float] = {}  # seconds per phase of its load (ModelCache._load)
         self._in_flight = 0
         self._close_requested = False
         self._closed = False

@@ -58,7 +58,9 @@ class ModelLoader:
 
     def _build(self, manifest: Manifest, blobs: dict[str, Any], tier: str, fetch_seconds: float) -> VisionModel:
         started = time.perf_counter()
-        model = VisionModel.load(manifest, blobs, self._options)  # includes the warm-up inference
+        weights = manifest.files.get("weights")
+        # includes the warm-up inference; the digest finds the optimised graph an earlier load kept
+        model = VisionModel.load(manifest, blobs, self._options, weights.sha256 if weights else None)
         # the benchmarks read this line: keep its words
         log.info("model %s: artifacts from %s in %.0f ms, session on %s in %.0f ms (warm-up %.0f ms)",
                  manifest.model_id, tier, fetch_seconds * 1e3, model.providers, (time.perf_counter() - started) * 1e3,

@@ -206,7 +206,9 @@ class ModelCache:
                            "idle_s": round(now_wall - lm.last_used, 3),
                            "load_seconds": lm.load_seconds, "requests": lm.requests, "in_flight": lm.in_flight,
                            "providers": list(getattr(lm.model, "providers", None) or []),
-                           "batch_sessions": list(getattr(lm.model, "batch_sessions", None) or [])}
+                           "batch_sessions": list(getattr(lm.model, "batch_sessions", None) or []),
+                           "graph_cache_hit": bool(getattr(lm.model, "graph_cache_hit", False)),
+                           "load_phases": {k: round(v, 4) for k, v in lm.phases.items()}}
                        for m, lm in self._models.items()},
             "loading": list(self._loading), "draining": [m.model_id for m in self._draining.values()],
             "failures": {m: {"message": f.error.message, "attempts": f.attempts,
@@ -318,10 +320,12 @@ class ModelCache:
         try:
             async with asyncio.timeout(timeout):
                 prepared = await self._source.prepare(model_id, lambda size: self._admit(model_id, size, pinned))
+                fetched = time.perf_counter()
                 need = self._need(model_id, prepared.artifact_bytes)
                 await self._make_room(model_id, need, pinned)
+                roomed = time.perf_counter()
                 try:
-                    model, measured = await asyncio.to_thread(self._measured, prepared.build)
+                    model, measured, built = await asyncio.to_thread(self._measured, prepared.build)
                 finally:
                     self._reserved.pop(model_id, None)
         except TimeoutError:
@@ -339,6 +343,10 @@ class ModelCache:
         self._sizes[model_id] = size
         loaded = LoadedModel(model_id, model, prepared.tier, seconds, on_close=self._on_released,
                              memory_bytes=size, pinned=pinned)
+        # where the load's time went (a first request's Server-Timing shows it): the artifacts, room
+        # made, waiting for the build lock, then the build's own phases and the memory measurement
+        loaded.phases = {"fetch": fetched - started, "room": roomed - fetched, **built,
+                         **getattr(model, "load_phases", {})}
         room = self._room_for(pinned)
         if room is not None and size > room:
             loaded.close()
@@ -349,7 +357,7 @@ class ModelCache:
         self.stats["loads"] += 1
         self.loads.append({"model_id": model_id, "tier": prepared.tier, "seconds": round(seconds, 4),
                            "memory_bytes": size, "estimate_bytes": need, "started": time.time() - seconds,
-                           "finished": time.time()})
+                           "finished": time.time(), "phases": {k: round(v, 4) for k, v in loaded.phases.items()}})
         del self.loads[:-200]
         log.info("model %s: loaded from %s in %.0f ms, measured %s on the %s (estimated %s); %s of %s in use, "
                  "%d model(s)",
@@ -358,16 +366,26 @@ class ModelCache:
         self._events.loaded(model_id, prepared.tier, seconds, size)
         return loaded
 
-    def _measured(self, build: Callable[[], Any]) -> tuple[Any, int]:
-        """``build()`` and the memory it took, measured alone."""
+    def _measured(self, build: Callable[[], Any]) -> tuple[Any, int, dict[str, float]]:
+        """``build()``, the memory it took, measured alone, and the seconds spent waiting for the
+        locks (``lock``) and measuring (``measure``)."""
+        # the host's heap is trimmed around a host measurement only: what the build freed (copies of
+        # the weights) must not count as the model's; a GPU's use is the device's, and glibc's
+        # trim walks the whole heap of a process that holds many models
+        trim = trim_heap if self._probe.device == "host" else (lambda: None)
+        asked = time.perf_counter()
         # the probe's own lock too: replicas sharing a GPU must not measure each other's loads
         with self._build_lock, self._probe.exclusive():
-            trim_heap()
+            locked = time.perf_counter()
+            trim()
             before = self._probe.used_bytes()
+            started = time.perf_counter()
             built = build()
-            trim_heap()  # what the build freed (copies of the weights) must not count as the model's
+            ended = time.perf_counter()
+            trim()
             after = self._probe.used_bytes()
-        return built, max(0, after - before)
+            measure = time.perf_counter() - ended + started - locked
+        return built, max(0, after - before), {"lock": locked - asked, "measure": measure}
 
     async def grow(self, loaded: LoadedModel, build: Callable[[], Any]) -> int:
         """Run ``build`` (more of a held model, such as its deferred batch sessions) measured as a
@@ -376,7 +394,7 @@ class ModelCache:
         if not loaded.try_acquire():
             return 0
         try:
-            _, grown = await asyncio.to_thread(self._measured, build)
+            _, grown, _ = await asyncio.to_thread(self._measured, build)
         finally:
             loaded.release()
         loaded.memory_bytes += grown

@@ -307,6 +307,7 @@ class ModelServerCore:
             queued = time.perf_counter()
             if not held:
                 stages["load_wait"] = queued - decoded
+                stages.update({f"load_{phase}": seconds for phase, seconds in loaded.phases.items()})
                 self._drop_other_weights(model_id)
             try:
                 model = loaded.model
@@ -412,7 +413,8 @@ class ModelServerCore:
                                     "last_used": info["last_used"], "tier": info["tier"],
                       "load_seconds": info["load_seconds"], "requests": info["requests"],
                       "memory_bytes": info["memory_bytes"], "pinned": info["pinned"], "providers": info["providers"],
-                      "batch_sessions": info["batch_sessions"]}
+                      "batch_sessions": info["batch_sessions"], "graph_cache_hit": info["graph_cache_hit"],
+                      "load_phases": info["load_phases"]}
                   for m, info in cache["models"].items()}
         return {"models": models, "ready": self.ready, "pid": os.getpid(), "gpu_ids": _gpu_ids(),
                 "node_id": _node_id(), "rates": self.rates.top(RATES_REPORTED),

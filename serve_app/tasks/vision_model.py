@@ -9,6 +9,7 @@ What differs between model families (decoder, output shapes) is looked up in
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -20,7 +21,8 @@ from serve_app.pipeline.chunks import run_in_chunks
 from serve_app.pipeline.geometry import ImageTransform
 from serve_app.pipeline.graph import prepend_uint8_normalization
 from serve_app.pipeline.preprocess import prepare_image, to_tensor
-from serve_app.pipeline.session import OnnxSession, SessionOptions
+from serve_app.pipeline.graph_cache import GraphCache, graph_key
+from serve_app.pipeline.session import OnnxSession, SavedGraph, SessionOptions, graph_cache_applies
 from serve_app.tasks.architectures import ARCHITECTURES, Decoder, ModelSpec
 from serve_app.tasks.params import InferenceParams
 
@@ -36,21 +38,31 @@ class VisionModel:
     decoder: Decoder | None = None  # the layout's decoder its output shapes fit (set at load)
     channels_last: bool = False  # the session takes the decoded BGR images stacked (N x H x W x 3 uint8)
     timings: dict[str, float] = field(default_factory=dict)
+    load_phases: dict[str, float] = field(default_factory=dict)  # seconds: graph (edit or kept graph), session, warmup
+    graph_cache_hit: bool = False  # the session was built from the optimised graph an earlier load kept
 
     @classmethod
-    def load(cls, manifest: ModelSpec, files: Mapping[str, Any], options: SessionOptions) -> "VisionModel":
+    def load(cls, manifest: ModelSpec, files: Mapping[str, Any], options: SessionOptions,
+             weights_sha256: str | None = None) -> "VisionModel":
+        """Build the model's session(s) and run a warm-up batch through each. ``weights_sha256``
+        (the manifest's digest of the weights) lets a later load start from the optimised graph
+        this one keeps (``SessionOptions.graph_cache_dir``). ``load_phases`` says where the time went."""
         if manifest.task == "ocr":
             return cls._load_ocr(manifest, files, options)
-        weights, channels_last = files["weights"], False
-        if options.uint8_input:
-            try:
-                spec = manifest.input
-                weights = prepend_uint8_normalization(weights, spec.scale, spec.mean, spec.std, channels_last=True,
-                                                      reverse_channels=spec.channel_order == "rgb")
-                channels_last = True
-            except ModelLoadError as exc:
-                log.warning("%s: keeping float input (%s)", manifest.model_id, exc.message)
-        session = OnnxSession.from_bytes(weights, options, manifest.model_id)
+        t0 = time.perf_counter()
+        spec = manifest.input
+        edit = {"scale": spec.scale, "mean": list(spec.mean), "std": list(spec.std),
+                "rgb": spec.channel_order == "rgb"} if options.uint8_input else None
+        saved = cls._saved_graph(options, weights_sha256, edit)
+        try:
+            session, channels_last = cls._session(manifest, files["weights"], options, edit, saved)
+        except ModelLoadError:
+            if saved is None or not saved.hit:
+                raise
+            log.warning("%s: its kept optimised graph did not load; loading the weights", manifest.model_id)
+            saved.cache.discard(saved.key)
+            saved = replace(saved, hit=False)
+            session, channels_last = cls._session(manifest, files["weights"], options, edit, saved)
         model = cls(manifest, session, channels_last=channels_last)
         started = time.perf_counter()
         try:
@@ -60,7 +72,41 @@ class VisionModel:
             raise ModelLoadError(f"{manifest.model_id}: warm-up inference failed: {str(exc)[:300]}") from None
         model.warmup_seconds = time.perf_counter() - started
         model.decoder = fit_outputs(manifest, [o.shape for o in outputs])
+        model.load_phases = {"graph": started - t0 - session.load_seconds, "session": session.load_seconds,
+                             "warmup": model.warmup_seconds}
+        model.graph_cache_hit = session.graph_cache_hit
         return model
+
+    @staticmethod
+    def _saved_graph(options: SessionOptions, weights_sha256: str | None, edit: dict | None) -> SavedGraph | None:
+        """Where this load's optimised graph is kept, and whether it is there already."""
+        if not (weights_sha256 and graph_cache_applies(options)):
+            return None
+        cache = GraphCache(options.graph_cache_dir or "", options.graph_cache_max_bytes)
+        key = graph_key(weights_sha256, providers=options.providers, graph_optimization=options.graph_optimization,
+                        uint8_input=edit, shared_arena=options.shared_arena)
+        return SavedGraph(cache, key, hit=os.path.exists(cache.path(key)))
+
+    @staticmethod
+    def _session(manifest: ModelSpec, weights: Any, options: SessionOptions, edit: dict | None,
+                 saved: SavedGraph | None) -> tuple[OnnxSession, bool]:
+        """The model's session and whether it takes the decoded images as they are (channels last):
+        from the kept optimised graph on a hit, else from the weights (with the uint8 input edit)."""
+        if saved is not None and saved.hit:
+            graph = saved.cache.get(saved.key)
+            if graph is not None:
+                return OnnxSession.from_bytes(graph, options, manifest.model_id, saved), edit is not None
+            saved = replace(saved, hit=False)  # pruned meanwhile
+        channels_last = False
+        if edit is not None:
+            try:
+                weights = prepend_uint8_normalization(weights, edit["scale"], edit["mean"], edit["std"],
+                                                      channels_last=True, reverse_channels=edit["rgb"])
+                channels_last = True
+            except ModelLoadError as exc:
+                log.warning("%s: keeping float input (%s)", manifest.model_id, exc.message)
+                saved = None  # a graph kept under the edit's key must have the edit
+        return OnnxSession.from_bytes(weights, options, manifest.model_id, saved), channels_last
 
     @classmethod
     def _load_ocr(cls, manifest: ModelSpec, files: Mapping[str, Any], options: SessionOptions) -> "VisionModel":
