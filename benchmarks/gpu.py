@@ -169,6 +169,10 @@ VARIANTS = {
     "haproxy-r8": {"env": HAPROXY, "sizes": {"replicas": 8, "replica_cpus": 1.0}},
     "haproxy-r8-g8": {"env": HAPROXY, "sizes": {"replicas": 8, "replica_cpus": 1.0, "gateways": 8}},
     "haproxy-direct-r8": {"env": HAPROXY, "args": {"direct_ingress": True}, "sizes": {"replicas": 8, "replica_cpus": 1.0}},
+    # every load optimises its graph again (before the optimised-graph cache, pipeline/graph_cache.py)
+    "haproxy-no-graph-cache": {"env": HAPROXY, "args": {"graph_cache": False}},
+    # the bucket sessions give their arena back after each call: a model holds batch 1's memory only
+    "haproxy-shrink": {"env": HAPROXY, "args": {"shrink_batch_arenas": True}},
     # before the per-bucket sessions: one session for every batch size, one inference thread
     "one-session": {"args": {"session_per_batch_size": False, "inference_threads": 1, "batch_buckets": [2, 4]}},
 }

@@ -10,6 +10,10 @@ the server's own session options and times, in one process, interleaved over ``r
   each warm-up);
 - ``threads``: the two sessions built and warmed in two threads at once (whether onnxruntime lets
   go of the GIL while it builds, and the two warm-ups overlap on the card);
+- ``sequence`` (``--sequence N``, alone): N distinct models loaded one after another, then again from
+  the optimised graphs the first loads kept (``SessionOptions.graph_cache_dir``), each load's
+  phases (``VisionModel.load_phases``); run once per process setting (``--label``, e.g. with
+  ``CUDA_MODULE_LOADING=EAGER``) and with ``--pause`` between loads (an idle GPU's clocks);
 - ``search``: per cuDNN algorithm search (``--search``, the CUDA provider's ``cudnn_conv_algo_search``),
   a batch-1 load with its warm-up, then the steady call at batch 1, the batch-8 session's build and
   warm-up and its steady call (what a faster warm-up would cost every later request).
@@ -113,6 +117,31 @@ def _search_row(raw: bytes, serial: int, options: SessionOptions, mode: str) -> 
     return row
 
 
+def sequence(raw: bytes, options: SessionOptions, count: int, folder: Path, pause_s: float) -> list[dict]:
+    """``count`` distinct models loaded one after another as a replica loads them (batch 1's session
+    and its warm-up; optimised graphs kept in ``folder``), then the same models again (each load
+    now from its kept graph): where each load's time went, and whether a process's later loads
+    get faster by themselves (CUDA's lazy module loading, cuDNN's caches) or after ``pause_s``."""
+    sized = replace(options, lazy_batch_sessions=True, graph_cache_dir=str(folder))
+    rows = []
+    models = [_variant(raw, 1000 + i) for i in range(count)]
+    for again in (False, True):
+        for i, data in enumerate(models):
+            manifest = Manifest.from_dict(_manifest(f"seq{i}/1", data, ""))
+            time.sleep(pause_s)
+            t = time.perf_counter()
+            model = VisionModel.load(manifest, {"weights": data}, sized, manifest.weights.sha256)
+            total = (time.perf_counter() - t) * 1e3
+            t = time.perf_counter()
+            model.session.run(model.blank_batch(1))
+            rows.append({"model": i, "again": again, "hit": model.graph_cache_hit, "load_ms": round(total, 1),
+                         **{f"{k}_ms": round(v * 1e3, 1) for k, v in model.load_phases.items()},
+                         "next_call_ms": round((time.perf_counter() - t) * 1e3, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+            del model
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--onnx", type=Path, required=True)
@@ -120,16 +149,39 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--search", default="HEURISTIC,DEFAULT", help="cuDNN algorithm searches to compare")
     ap.add_argument("--search-only", action="store_true", help="only the cuDNN search comparison")
+    ap.add_argument("--sequence", type=int, default=0,
+                    help="only this many loads in a row, then again from their kept graphs (sequence())")
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds between the sequence's loads")
+    ap.add_argument("--label", default="", help="what this process differs in (an environment variable)")
+    ap.add_argument("--cuda-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a CUDA provider option over the server's (cudnn_conv_use_max_workspace=0, ...)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "gpu_cold.json"
     server_args = yaml.safe_load((ROOT / "configs" / "serve_gpu.yaml").read_text())["applications"][0]["args"]
     settings = Settings.from_args({k: v for k, v in server_args.items() if k not in ("cache_dir", "state_dir")})
     options = settings.session_options
+    if args.cuda_option:
+        extra = dict(o.split("=", 1) for o in args.cuda_option)
+        options = replace(options, providers=tuple(
+            ("CUDAExecutionProvider", {**(e[1] if not isinstance(e, str) else {}), **extra})
+            if (e if isinstance(e, str) else e[0]) == "CUDAExecutionProvider" else e for e in options.providers))
     sizes = (1, *[b for b in options.batch_sizes if b != 1])  # the main session's, then each bucket's
     raw = args.onnx.read_bytes()
     result: dict = {"machine": machine(os.environ.get("GIT_COMMIT")), "buckets": list(options.batch_sizes),
                     "providers": [str(p) for p in options.providers], "rounds": []}
+    if args.sequence:
+        import tempfile
+
+        from serve_app.pipeline.cuda_env import limit_cublas_workspace
+
+        limit_cublas_workspace(settings.cublas_workspace_kib)  # as a replica does, before any CUDA handle
+
+        path = args.out / f"gpu_cold_sequence{('_' + args.label) if args.label else ''}.json"
+        result.update(label=args.label, pause_s=args.pause, cuda_options=args.cuda_option, cuda_module_loading=os.environ.get("CUDA_MODULE_LOADING"),
+                      sequence=sequence(raw, options, args.sequence, Path(tempfile.mkdtemp()), args.pause))
+        path.write_text(json.dumps(result, indent=1))
+        return
     serial = 0
     modes = [m for m in args.search.split(",") if m]
     result["search"] = {m: [] for m in modes}
