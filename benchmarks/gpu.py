@@ -171,6 +171,8 @@ VARIANTS = {
     "haproxy-direct-r8": {"env": HAPROXY, "args": {"direct_ingress": True}, "sizes": {"replicas": 8, "replica_cpus": 1.0}},
     # every load optimises its graph again (before the optimised-graph cache, pipeline/graph_cache.py)
     "haproxy-no-graph-cache": {"env": HAPROXY, "args": {"graph_cache": False}},
+    # a cold model's first session plans its convolutions per shape before its first answer (before quick_start)
+    "haproxy-no-quick-start": {"env": HAPROXY, "args": {"quick_start": False}},
     # the bucket sessions give their arena back after each call: a model holds batch 1's memory only
     "haproxy-shrink": {"env": HAPROXY, "args": {"shrink_batch_arenas": True}},
     # before the per-bucket sessions: one session for every batch size, one inference thread

@@ -101,6 +101,11 @@ class SessionOptions:
     # each call: a model holds its batch-1 session's memory only, at the cost of allocating a
     # batch's memory on each batched call.
     shrink_batch_arenas: bool = False
+    # On CUDA: a model's first session takes cuDNN's default convolution algorithms (no per-shape
+    # choice: its warm-up is shorter, its calls slower), and a session that chose them per shape
+    # replaces it in the background (OnnxSession.tune): a cold model answers sooner.
+    quick_start: bool = False
+    force_quick_start: bool = False  # the same on any provider (tests, dry runs)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -150,3 +150,47 @@ def test_shrinking_bucket_arenas_keeps_every_answer(images):
     assert model.add_batch_sessions() == [8]
     assert batched(model, images) == expected and batched(model, images) == expected
     assert one_by_one(model, images) == expected
+
+
+def test_a_quick_start_serves_until_its_tuned_session_takes_over(images):
+    """``quick_start``: a cold model's first session takes cuDNN's default algorithms (on the CPU
+    provider, forced, the same session options) and ``tune_session`` puts a session that chose
+    its kernels per shape in its place, warmed first; every answer is the model's own throughout."""
+    assert not load(quick_start=True).tuning_pending  # nothing to gain on the CPU unless forced
+    expected = one_by_one(load(), images)
+    model = load(quick_start=True, force_quick_start=True, lazy_batch_sessions=True)
+    assert model.tuning_pending
+    quick = model.session.session
+    assert one_by_one(model, images) == expected
+    assert model.tune_session() and not model.tuning_pending and model.session.session is not quick
+    assert one_by_one(model, images) == expected
+    assert not model.tune_session()  # once
+    assert model.add_batch_sessions() == [8] and batched(model, images) == expected
+
+
+def test_a_failed_tuned_build_keeps_the_quick_session(images):
+    from serve_app.errors import ModelLoadError
+
+    model = load(quick_start=True, force_quick_start=True)
+    expected = one_by_one(model, images)
+
+    def fail() -> Any:
+        raise ModelLoadError("shapes-det/1: ONNX Runtime cannot load the weights: CUDA failure 2: out of memory")
+
+    model.session._tuned_builder = fail
+    with pytest.raises(ModelLoadError, match="out of memory"):
+        model.tune_session()
+    assert not model.tuning_pending and not model.tune_session()
+    assert one_by_one(model, images) == expected
+
+
+def test_quick_start_only_changes_cudas_algorithm_search():
+    from serve_app.pipeline.session import _quick_providers
+    from serve_app.settings import Settings
+
+    assert Settings.from_args({}).session_options.quick_start
+    cuda = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC", "device_id": 1}), "CPUExecutionProvider"]
+    assert _quick_providers(cuda) == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "DEFAULT", "device_id": 1}),
+                                      "CPUExecutionProvider"]
+    assert _quick_providers([("CUDAExecutionProvider", {"cudnn_conv_algo_search": "DEFAULT"})]) is None
+    assert _quick_providers(["CPUExecutionProvider"]) is None

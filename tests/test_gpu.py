@@ -97,6 +97,25 @@ def test_every_batch_bucket_has_its_own_session_and_gives_each_images_answer(sce
             assert len(match(pred_boxes(single), [p["class"] for p in single], got, min_iou=0.99)) == len(single)
 
 
+def test_a_quick_start_on_cuda_gives_the_cpu_answers_before_and_after_tuning(scenes):
+    """``quick_start``: the first session runs cuDNN's default algorithms, the tuned one replaces
+    it; both give the CPU's detections."""
+    manifest = Manifest.from_dict(json.loads((MODELS / "shapes-det/1" / "model.json").read_text()))
+    files = {"weights": (MODELS / "shapes-det/1" / "weights.onnx").read_bytes()}
+    model = VisionModel.load(manifest, files, SessionOptions(providers=CUDA, batch_sizes=(1, 8), quick_start=True,
+                                                             lazy_batch_sessions=True))
+    cpu = builtin("shapes-det/1")
+    assert model.providers[0] == "CUDAExecutionProvider" and model.tuning_pending
+    for tuned in (False, True):
+        if tuned:
+            assert model.tune_session() and not model.tuning_pending
+        for scene in scenes[:4]:
+            g = model.predict([scene.image], PARAMS)[0]["predictions"]
+            c = cpu.predict([scene.image], PARAMS)[0]["predictions"]
+            assert len(g) == len(c)
+            assert len(match(pred_boxes(c), [p["class"] for p in c], g, min_iou=0.98)) == len(c)
+
+
 def test_classification_on_gpu_matches_cpu():
     rng = np.random.default_rng(5)
     gpu, cpu = on_gpu("shapes-cls/1"), builtin("shapes-cls/1")
@@ -249,6 +268,8 @@ def test_a_lazy_replica_builds_its_bucket_session_when_requests_overlap_and_coun
                 break
         assert now["batch_sessions"] == [1, 8], now
         assert now["memory_bytes"] > first["memory_bytes"], (first, now)
+        # the quick start's session (settings' default) was replaced by the tuned one after the first answer
+        assert now["quick_start_pending"] is False, now
     finally:
         teardown_app(app)
 

@@ -155,6 +155,21 @@ def _with_cuda_graph(providers: list[Any]) -> list[Any]:
     return [("CUDAExecutionProvider", {**opts, CUDA_GRAPH_OPTION: "1"}), *providers[1:]]
 
 
+QUICK_SEARCH = "DEFAULT"
+
+
+def _quick_providers(providers: list[Any]) -> list[Any] | None:
+    """``providers`` with CUDA's cuDNN algorithm search set to its default algorithms (chosen
+    without looking at the shapes); None where CUDA does not come first or already does that."""
+    first = providers[0]
+    if _name(first) != "CUDAExecutionProvider":
+        return None
+    opts = {} if isinstance(first, str) else dict(first[1])
+    if opts.get("cudnn_conv_algo_search") == QUICK_SEARCH:
+        return None
+    return [("CUDAExecutionProvider", {**opts, "cudnn_conv_algo_search": QUICK_SEARCH}), *providers[1:]]
+
+
 def _cuda_device(providers: list[Any]) -> int:
     first = providers[0]
     return 0 if isinstance(first, str) else int(first[1].get("device_id", 0))
@@ -190,6 +205,7 @@ class OnnxSession:
     pending_batch_sizes: tuple[int, ...] = ()  # buckets whose sessions add_batch_session builds later
     _build_session: Callable[[], ort.InferenceSession] | None = field(default=None, repr=False)
     _grow_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _tuned_builder: Callable[[], ort.InferenceSession] | None = field(default=None, repr=False)  # quick_start
     precision: str = "fp32"  # what the graph really runs in
     cuda_graph: CudaGraphRunner | None = None  # set when the batch-1 session replays a CUDA graph
     shared_arena: bool = False  # whether its sessions take their memory from the process's shared arenas
@@ -219,11 +235,15 @@ class OnnxSession:
             except ModelLoadError as exc:  # a graph is recorded only when every node runs on CUDA
                 log.warning("%s: no CUDA graph (%s); plain sessions", label, exc.message)
                 graphs = False
+        quick = None
+        if not graphs and options.quick_start:  # (a CUDA graph is recorded once, in the session it has)
+            quick = _quick_providers(providers) or (providers if options.force_quick_start else None)
         if not graphs:
+            first = quick or providers
             if saved is not None and not saved.hit:
-                session = _create_saving(weights, options, shared, providers, label, saved)
+                session = _create_saving(weights, options, shared, first, label, saved)
             else:
-                session = _create(weights, so, providers, label)
+                session = _create(weights, so, first, label)
         used = session.get_providers()
         unusable = [p for p in (_name(p) for p in providers) if p not in used]
         if unusable:
@@ -240,6 +260,8 @@ class OnnxSession:
                      used, dict(session.get_modelmeta().custom_metadata_map), io_binding=options.io_binding and on_gpu,
                      precision="fp16" if fp16 is not None else "fp32", shared_arena=shared)
         loaded.graph_cache_hit = saved is not None and saved.hit
+        if quick is not None and (on_gpu or options.force_quick_start):
+            loaded._tuned_builder = lambda: _create(weights, so, providers, label)
         if options.shrink_batch_arenas and not shared:  # (a shared arena is the process's, not the session's)
             loaded.shrink = _shrinking(used, providers)
         if (on_gpu or options.force_batch_sessions) and options.session_per_batch_size and loaded.dynamic_batch:
@@ -266,6 +288,8 @@ class OnnxSession:
         log.info("%s: session ready in %.0f ms on %s (asked %s)%s%s%s", label, loaded.load_seconds * 1e3, used,
                  [_name(p) for p in options.providers], ", float16" if fp16 is not None else "",
                  ", CUDA graphs" if graphs else "", ", shared arena" if shared else "")
+        if loaded.tuning_pending:
+            log.info("%s: quick start (cuDNN's default algorithms); the tuned session follows", label)
         return loaded
 
     @staticmethod
@@ -292,6 +316,27 @@ class OnnxSession:
     def batch_sizes(self) -> list[int]:
         """Batch sizes with a session of their own (1 is the main session's)."""
         return [1, *self.by_batch_size]
+
+    @property
+    def tuning_pending(self) -> bool:
+        """The main session is a quick start's (``SessionOptions.quick_start``): :meth:`tune` is due."""
+        return self._tuned_builder is not None
+
+    def tune(self, warm_input: np.ndarray) -> bool:
+        """Replace a quick start's main session by one whose kernels were chosen per shape, run on
+        ``warm_input`` (batch 1) before any request reaches it; False when nothing was due. Calls
+        already running finish on the old session. A failed build raises once, and the quick
+        session stays (slower, not wrong)."""
+        with self._grow_lock:
+            builder, self._tuned_builder = self._tuned_builder, None
+            if builder is None:
+                return False
+            started = time.perf_counter()
+            session = builder()
+            session.run(self.output_names, {self.input_name: warm_input})
+            self.session = session
+            log.info("tuned main session built and warmed in %.0f ms", (time.perf_counter() - started) * 1e3)
+            return True
 
     def add_batch_session(self, size: int, warm_input: np.ndarray) -> bool:
         """Build the pending session of bucket ``size`` and run ``warm_input`` (``size`` rows)

@@ -338,6 +338,8 @@ class ModelServerCore:
                 self.busy.add(run_started, run_ended)
             finally:
                 loaded.release()
+            if getattr(model, "tuning_pending", False):  # once its first answer is on its way
+                self._tune(loaded)
             stages["queue"] = run_started - queued
             stages.update(timings)
             pictures = None
@@ -365,6 +367,22 @@ class ModelServerCore:
                                     in_flight=lambda: loaded.in_flight)
             loaded.batcher = batcher
         return batcher
+
+    def _tune(self, loaded: Any) -> None:
+        """A quick start's model: build its tuned main session in the background (once), measured as
+        its memory; requests go on through the quick session meanwhile (SessionOptions.quick_start)."""
+        if getattr(loaded, "tuning", None) is not None:
+            return
+        build = loaded.model.tune_session
+
+        async def tune() -> None:
+            try:
+                await self.cache.grow(loaded, build)
+            except Exception as exc:  # noqa: BLE001 - the model keeps serving through its quick session
+                log.warning("model %s: tuned session not built (%s); it keeps its quick start's", loaded.model_id,
+                            str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+
+        loaded.tuning = asyncio.get_running_loop().create_task(tune())
 
     def _add_batch_sessions(self, loaded: Any) -> None:
         """The model has company: build its deferred bucket sessions in the background (once), measured
@@ -414,6 +432,7 @@ class ModelServerCore:
                       "load_seconds": info["load_seconds"], "requests": info["requests"],
                       "memory_bytes": info["memory_bytes"], "pinned": info["pinned"], "providers": info["providers"],
                       "batch_sessions": info["batch_sessions"], "graph_cache_hit": info["graph_cache_hit"],
+                      "quick_start_pending": info["quick_start_pending"],
                       "load_phases": info["load_phases"]}
                   for m, info in cache["models"].items()}
         return {"models": models, "ready": self.ready, "pid": os.getpid(), "gpu_ids": _gpu_ids(),

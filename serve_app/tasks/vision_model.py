@@ -156,6 +156,15 @@ class VisionModel:
             return configured
         return tuple(self.session.batch_sizes)
 
+    @property
+    def tuning_pending(self) -> bool:
+        """Its session is a quick start's; :meth:`tune_session` builds the tuned one."""
+        return bool(self.session and self.session.tuning_pending)
+
+    def tune_session(self) -> bool:
+        """Build, warm and put in place the tuned main session (``SessionOptions.quick_start``)."""
+        return bool(self.session and self.session.tune(self.blank_batch(1)))
+
     def add_batch_sessions(self) -> list[int]:
         """Build, and warm up, the sessions of the pending buckets; returns the sizes built."""
         assert self.session is not None
