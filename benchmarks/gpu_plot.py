@@ -7,7 +7,8 @@ answers carry no Server-Timing).
 
 Writes gpu.png beside the first file unless ``--out`` names another; where the runs recorded
 where the cores went (``cpu`` in each row, benchmarks/proc_cpu.py), also ``<out>_cores.png``: core-ms
-per answer by process role for every variant, route and client level.
+per answer by process role for every variant, route and client level; where the runs' cold
+requests carry load phases (Server-Timing's ``load_*``), also ``<out>_cold.png``.
 """
 from __future__ import annotations
 
@@ -103,6 +104,51 @@ def plot_cores(paths: list[Path], out: Path) -> bool:
     return True
 
 
+LOAD_PHASES = ("fetch", "lock", "graph", "session", "warmup")
+
+
+def load_phases(server_timing: str) -> dict[str, float]:
+    """A first request's ms by load phase (its Server-Timing's ``load_*`` entries), the rest of its
+    wait for the load as ``other load``, and everything else it spent as ``request``.
+
+    >>> load_phases("decode;dur=2, load_wait;dur=100, load_session;dur=60, load_warmup;dur=30, total;dur=112")
+    {'fetch': 0.0, 'lock': 0.0, 'graph': 0.0, 'session': 60.0, 'warmup': 30.0, 'other load': 10.0, 'request': 12.0}
+    """
+    parts = {}
+    for part in server_timing.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            parts[name] = float(dur)
+    row = {p: parts.get("load_" + p, 0.0) for p in LOAD_PHASES}
+    row["other load"] = max(0.0, parts.get("load_wait", 0.0) - sum(row.values()))
+    row["request"] = max(0.0, parts.get("total", 0.0) - parts.get("load_wait", 0.0))
+    return row
+
+
+def plot_cold(paths: list[Path], out: Path) -> bool:
+    """The first requests of models whose weights were in the object store (``cold_from_object_store``),
+    by load phase, per variant; False (nothing written) when no run has them with load phases."""
+    bars = []
+    for p in paths:
+        for name, s in variants(json.loads(p.read_text())).items():
+            for i, c in enumerate(s.get("cold_from_object_store", [])):
+                if "load_session" in c.get("server_timing", ""):
+                    bars.append((f"{p.stem.removeprefix('gpu_h200_')}: {name}\n#{i + 1}: {c['ms']:.0f} ms",
+                                 load_phases(c["server_timing"])))
+    if not bars:
+        return False
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.7 * len(bars)), 5))
+    stacked(ax, [b[0] for b in bars], [b[1] for b in bars])
+    ax.axhline(250, color="black", ls=":", label="target 250 ms")
+    ax.set_ylabel("ms on the replica (stacked; the label: the client's time)")
+    ax.tick_params(axis="x", labelsize=6, labelrotation=35)
+    ax.legend(fontsize=7)
+    ax.set_title("first request of a model whose weights are in the object store, by load phase (one H200)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return True
+
+
 def plot(paths: list[Path], out: Path) -> None:
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.6))
     first = None
@@ -143,6 +189,7 @@ def plot(paths: list[Path], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plot_cores(paths, out.with_name(out.stem + "_cores.png"))
+    plot_cold(paths, out.with_name(out.stem + "_cold.png"))
 
 
 if __name__ == "__main__":
