@@ -6,6 +6,12 @@ only), ``cuda_graph`` (the batch-1 session replays a CUDA graph, ``pipeline/cuda
 CUDA only) and ``shared_arena`` (the process's sessions share one arena per device,
 ``pipeline/arena.py``).
 
+Loads: with a :class:`SavedGraph` the first session writes the optimised graph to the node's
+:class:`~serve_app.pipeline.graph_cache.GraphCache` and later loads build from it; with
+``quick_start`` (CUDA) the main session first runs cuDNN's default algorithms and :meth:`OnnxSession.tune`
+later swaps in one that chose them per shape; with ``shrink_batch_arenas`` the bucket sessions give
+their arena back after each call.
+
 >>> # OnnxSession.from_bytes(open("w.onnx", "rb").read(), SessionOptions(providers=("CPUExecutionProvider",)))
 """
 from __future__ import annotations
@@ -368,12 +374,12 @@ class OnnxSession:
         return self._run_on(self.by_batch_size.get(len(tensor), self.session), tensor)
 
     def _run_on(self, session: ort.InferenceSession, tensor: np.ndarray) -> list[np.ndarray]:
+        shrink = self.shrink if session is not self.session else None  # bucket sessions only
         if not self.io_binding:
-            shrink = self.shrink if session is not self.session else None
             return session.run(self.output_names, {self.input_name: tensor}, shrink)
         binding = session.io_binding()
         binding.bind_cpu_input(self.input_name, tensor)
         for name in self.output_names:
             binding.bind_output(name, "cpu")
-        session.run_with_iobinding(binding, self.shrink if session is not self.session else None)
+        session.run_with_iobinding(binding, shrink)
         return binding.copy_outputs_to_cpu()

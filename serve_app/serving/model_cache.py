@@ -385,8 +385,9 @@ class ModelCache:
             ended = time.perf_counter()
             trim()
             after = self._probe.used_bytes()
-            measure = time.perf_counter() - ended + started - locked
-        return built, max(0, after - before), {"lock": locked - asked, "measure": measure}
+            measured = time.perf_counter()
+        return built, max(0, after - before), {"lock": locked - asked,
+                                               "measure": (started - locked) + (measured - ended)}
 
     async def grow(self, loaded: LoadedModel, build: Callable[[], Any]) -> int:
         """Run ``build`` (more of a held model, such as its deferred batch sessions) measured as a
