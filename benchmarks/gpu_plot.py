@@ -21,6 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.request_path import stages_of  # noqa: E402
+
 STAGES = ("decode", "preprocess", "inference", "postprocess")
 
 
@@ -91,14 +93,23 @@ def plot_cores(paths: list[Path], out: Path) -> bool:
             for route, rows in routes(s.get("sweep", [])).items():
                 bars += [(f"{name} {route}\n{r['clients']} cl, {r['req_per_s']:.0f}/s", core_ms(r))
                          for r in rows if r.get("cpu")]
+    return bar_figure(bars, out, "core-ms per answer (stacked)",
+                      "where the cores go, per answer, by process role (one H200, 16 cores)")
+
+
+def bar_figure(bars: list[tuple[str, dict[str, float]]], out: Path, ylabel: str, title: str,
+               width: float = 0.8, target_ms: float | None = None) -> bool:
+    """One stacked bar per (label, parts) pair, written to ``out``; False (nothing written) without bars."""
     if not bars:
         return False
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.8 * len(bars)), 5))
+    fig, ax = plt.subplots(figsize=(max(8.0, width * len(bars)), 5))
     stacked(ax, [b[0] for b in bars], [b[1] for b in bars])
-    ax.set_ylabel("core-ms per answer (stacked)")
+    if target_ms is not None:
+        ax.axhline(target_ms, color="black", ls=":", label=f"target {target_ms:g} ms")
+    ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", labelsize=6, labelrotation=35)
     ax.legend(fontsize=7)
-    ax.set_title("where the cores go, per answer, by process role (one H200, 16 cores)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     return True
@@ -114,11 +125,7 @@ def load_phases(server_timing: str) -> dict[str, float]:
     >>> load_phases("decode;dur=2, load_wait;dur=100, load_session;dur=60, load_warmup;dur=30, total;dur=112")
     {'fetch': 0.0, 'lock': 0.0, 'graph': 0.0, 'session': 60.0, 'warmup': 30.0, 'other load': 10.0, 'request': 12.0}
     """
-    parts = {}
-    for part in server_timing.split(","):
-        name, _, dur = part.strip().partition(";dur=")
-        if dur:
-            parts[name] = float(dur)
+    parts = stages_of(server_timing)
     row = {p: parts.get("load_" + p, 0.0) for p in LOAD_PHASES}
     row["other load"] = max(0.0, parts.get("load_wait", 0.0) - sum(row.values()))
     row["request"] = max(0.0, parts.get("total", 0.0) - parts.get("load_wait", 0.0))
@@ -135,18 +142,9 @@ def plot_cold(paths: list[Path], out: Path) -> bool:
                 if "load_session" in c.get("server_timing", ""):
                     bars.append((f"{p.stem.removeprefix('gpu_h200_')}: {name}\n#{i + 1}: {c['ms']:.0f} ms",
                                  load_phases(c["server_timing"])))
-    if not bars:
-        return False
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.7 * len(bars)), 5))
-    stacked(ax, [b[0] for b in bars], [b[1] for b in bars])
-    ax.axhline(250, color="black", ls=":", label="target 250 ms")
-    ax.set_ylabel("ms on the replica (stacked; the label: the client's time)")
-    ax.tick_params(axis="x", labelsize=6, labelrotation=35)
-    ax.legend(fontsize=7)
-    ax.set_title("first request of a model whose weights are in the object store, by load phase (one H200)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    return True
+    return bar_figure(bars, out, "ms on the replica (stacked; the label: the client's time)",
+                      "first request of a model whose weights are in the object store, by load phase (one H200)",
+                      width=0.7, target_ms=250)
 
 
 def plot(paths: list[Path], out: Path) -> None:

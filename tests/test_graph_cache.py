@@ -15,6 +15,7 @@ import pytest
 from serve_app.options import SessionOptions
 from serve_app.pipeline.graph_cache import GraphCache, graph_key
 from serve_app.registry.manifest import Manifest
+from serve_app.tasks.params import InferenceParams
 from serve_app.tasks.vision_model import VisionModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +36,6 @@ def _options(folder: Path | None, **kw) -> SessionOptions:
 def _raw(model: VisionModel) -> list[np.ndarray]:
     """The session's raw outputs for the sample image (no decoding in between)."""
     image = cv2.imread(str(IMAGE))
-    from serve_app.tasks.params import InferenceParams
-
     tensor, _ = model.prepare([image], InferenceParams())
     return model.run(tensor)
 
@@ -116,8 +115,6 @@ def test_lazy_bucket_sessions_build_from_the_kept_graph(shapes, tmp_path):
     model = VisionModel.load(manifest, {"weights": weights}, options, manifest.weights.sha256)
     assert model.graph_cache_hit and model.add_batch_sessions() == [4]
     image = cv2.imread(str(IMAGE))
-    from serve_app.tasks.params import InferenceParams
-
     tensor, _ = model.prepare([image] * 4, InferenceParams())
     batched = model.run(tensor)
     single = _raw(model)

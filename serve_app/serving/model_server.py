@@ -369,37 +369,33 @@ class ModelServerCore:
         return batcher
 
     def _tune(self, loaded: Any) -> None:
-        """A quick start's model: build its tuned main session in the background (once), measured as
-        its memory; requests go on through the quick session meanwhile (SessionOptions.quick_start)."""
-        if getattr(loaded, "tuning", None) is not None:
-            return
-        build = loaded.model.tune_session
-
-        async def tune() -> None:
-            try:
-                await self.cache.grow(loaded, build)
-            except Exception as exc:  # noqa: BLE001 - the model keeps serving through its quick session
-                log.warning("model %s: tuned session not built (%s); it keeps its quick start's", loaded.model_id,
-                            str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
-
-        loaded.tuning = asyncio.get_running_loop().create_task(tune())
+        """A quick start's model: its tuned main session, built in the background; requests go on
+        through the quick session meanwhile (SessionOptions.quick_start)."""
+        self._grow_in_background(loaded, "tuning", loaded.model.tune_session,
+                                 "tuned session not built (%s); it keeps its quick start's")
 
     def _add_batch_sessions(self, loaded: Any) -> None:
-        """The model has company: build its deferred bucket sessions in the background (once), measured
-        and counted as its memory; its batches run row by row through batch 1 meanwhile."""
-        if getattr(loaded, "adding_batch_sessions", None) is not None:
-            return
-        build = loaded.model.add_batch_sessions  # now, while the caller's lease holds the model
+        """The model has company: its deferred bucket sessions, built in the background; its batches
+        run row by row through batch 1 meanwhile."""
+        self._grow_in_background(loaded, "adding_batch_sessions", loaded.model.add_batch_sessions,
+                                 "bucket sessions not built (%s); its batches run row by row")
 
-        async def add() -> None:
+    def _grow_in_background(self, loaded: Any, task: str, build: Any, failure: str) -> None:
+        """Run ``build`` (bound now, while the caller's lease holds the model) through ``cache.grow``
+        in the background, once per loaded model (the task kept as ``loaded.<task>``): measured and
+        counted as its memory. A failure is logged and the model keeps serving as it is."""
+        if getattr(loaded, task, None) is not None:
+            return
+
+        async def grow() -> None:
             try:
                 await self.cache.grow(loaded, build)
-            except Exception as exc:  # noqa: BLE001 - the model keeps serving through its batch-1 session
-                log.warning("model %s: bucket sessions not built (%s); its batches run row by row", loaded.model_id,
+            except Exception as exc:  # noqa: BLE001 - the model keeps serving as it is
+                log.warning("model %s: " + failure, loaded.model_id,
                             str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
             self.mark_changed()
 
-        loaded.adding_batch_sessions = asyncio.get_running_loop().create_task(add())
+        setattr(loaded, task, asyncio.get_running_loop().create_task(grow()))
 
     # -- what it tells others --------------------------------------------------------------------------
     def mark_changed(self) -> None:

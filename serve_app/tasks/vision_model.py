@@ -9,7 +9,6 @@ What differs between model families (decoder, output shapes) is looked up in
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -54,15 +53,7 @@ class VisionModel:
         edit = {"scale": spec.scale, "mean": list(spec.mean), "std": list(spec.std),
                 "rgb": spec.channel_order == "rgb"} if options.uint8_input else None
         saved = cls._saved_graph(options, weights_sha256, edit)
-        try:
-            session, channels_last = cls._session(manifest, files["weights"], options, edit, saved)
-        except ModelLoadError:
-            if saved is None or not saved.hit:
-                raise
-            log.warning("%s: its kept optimised graph did not load; loading the weights", manifest.model_id)
-            saved.cache.discard(saved.key)
-            saved = replace(saved, hit=False)
-            session, channels_last = cls._session(manifest, files["weights"], options, edit, saved)
+        session, channels_last = cls._session(manifest, files["weights"], options, edit, saved)
         model = cls(manifest, session, channels_last=channels_last)
         started = time.perf_counter()
         try:
@@ -79,24 +70,27 @@ class VisionModel:
 
     @staticmethod
     def _saved_graph(options: SessionOptions, weights_sha256: str | None, edit: dict | None) -> SavedGraph | None:
-        """Where this load's optimised graph is kept, and whether it is there already."""
+        """Where this load's optimised graph is kept (None: no graph is kept for it)."""
         if not (weights_sha256 and graph_cache_applies(options)):
             return None
-        cache = GraphCache(options.graph_cache_dir or "", options.graph_cache_max_bytes)
         key = graph_key(weights_sha256, providers=options.providers, graph_optimization=options.graph_optimization,
                         uint8_input=edit, shared_arena=options.shared_arena)
-        return SavedGraph(cache, key, hit=os.path.exists(cache.path(key)))
+        return SavedGraph(GraphCache(options.graph_cache_dir or "", options.graph_cache_max_bytes), key)
 
     @staticmethod
     def _session(manifest: ModelSpec, weights: Any, options: SessionOptions, edit: dict | None,
                  saved: SavedGraph | None) -> tuple[OnnxSession, bool]:
         """The model's session and whether it takes the decoded images as they are (channels last):
-        from the kept optimised graph on a hit, else from the weights (with the uint8 input edit)."""
-        if saved is not None and saved.hit:
-            graph = saved.cache.get(saved.key)
-            if graph is not None:
-                return OnnxSession.from_bytes(graph, options, manifest.model_id, saved), edit is not None
-            saved = replace(saved, hit=False)  # pruned meanwhile
+        from the kept optimised graph where there is one, else from the weights (with the uint8 input
+        edit; that session keeps its graph). A kept graph that does not load is removed."""
+        graph = saved.cache.get(saved.key) if saved is not None else None
+        if saved is not None and graph is not None:
+            try:
+                return OnnxSession.from_bytes(graph, options, manifest.model_id, replace(saved, hit=True)), \
+                    edit is not None
+            except ModelLoadError:
+                log.warning("%s: its kept optimised graph did not load; loading the weights", manifest.model_id)
+                saved.cache.discard(saved.key)
         channels_last = False
         if edit is not None:
             try:
