@@ -16,14 +16,17 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.gpu_machine import gpu_memory_by_pid
-from benchmarks.proc_cpu import WindowAccount
+from benchmarks.native_profile import NativeProfile, package_roots
+from benchmarks.proc_cpu import WindowAccount, pids_by_role
 from benchmarks.servers import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,9 +178,24 @@ VARIANTS = {
     "haproxy-no-quick-start": {"env": HAPROXY, "args": {"quick_start": False}},
     # the bucket sessions give their arena back after each call: a model holds batch 1's memory only
     "haproxy-shrink": {"env": HAPROXY, "args": {"shrink_batch_arenas": True}},
+    # batches of up to 16 images (buckets 1 and 16): a batch's fixed host cost shared by twice the images
+    "haproxy-b16": {"env": HAPROXY, "args": {"max_batch_size": 16}},
     # before the per-bucket sessions: one session for every batch size, one inference thread
     "one-session": {"args": {"session_per_batch_size": False, "inference_threads": 1, "batch_buckets": [2, 4]}},
 }
+
+
+def variant_named(name: str, before: Path | None = None) -> dict:
+    """A variant by name; ``NAME@before`` is ``NAME`` served from the ``--before`` tree's serve_app
+    (the code before a change, side by side with it in one run).
+
+    >>> variant_named("haproxy@before", Path("/b"))["tree"], "tree" in variant_named("haproxy")
+    ('/b', False)
+    """
+    base, _, at = name.partition("@")
+    if at and (at != "before" or before is None):
+        raise SystemExit(f"variant {name}: only NAME@before, with --before DIR")
+    return {**VARIANTS[base], "tree": str(before)} if at else VARIANTS[base]
 
 
 def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int, batch: int,
@@ -189,8 +207,8 @@ def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int
     config = yaml.safe_load((ROOT / "configs" / "serve_gpu.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
-    app["args"].update(repositories=[str(repo)], cache_dir=str(work / "cache"), state_dir=str(work / "state"),
-                       max_batch_size=batch, **(variant or {}).get("args", {}))
+    app["args"].update({"repositories": [str(repo)], "cache_dir": str(work / "cache"), "state_dir": str(work / "state"),
+                        "max_batch_size": batch, **(variant or {}).get("args", {})})
     if app["args"].get("direct_ingress"):
         app["deployments"] = [d for d in app["deployments"] if d["name"] != "Gateway"]
     for d in app["deployments"]:
@@ -202,8 +220,11 @@ def start_server(work: Path, repo: Path, port: int, replicas: int, gateways: int
                                         "num_gpus": 0 if cpu else round(gpus / replicas, 3)})
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "RAY_USAGE_STATS_ENABLED": "0", **(variant or {}).get("env", {})}
+    tree = (variant or {}).get("tree")
+    if tree:  # serve run and Ray's workers import serve_app from that tree first (its folder, then PYTHONPATH)
+        env["PYTHONPATH"] = os.pathsep.join([tree, *filter(None, [env.get("PYTHONPATH")])])
     return ManagedProcess("serve", [sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run",
-                                    str(work / "config.yaml")], cwd=ROOT, env=env, log_path=work / "serve.log",
+                                    str(work / "config.yaml")], cwd=tree or ROOT, env=env, log_path=work / "serve.log",
                           marker=str(work / "ray"))
 
 
@@ -290,10 +311,17 @@ def window_summary(records: list[tuple[float, float, int]], duration: float) -> 
             "p50_ms": _pct(lat, 50) * 1e3, "p99_ms": _pct(lat, 99) * 1e3}
 
 
-def drive(target: dict, models: list[str], images: list[bytes], clients: int, duration: float) -> dict:
+def py_spy() -> str:
+    """py-spy: on the PATH (the GPU machine's bundle), else this tree's venv."""
+    return shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+
+
+def drive(target: dict, models: list[str], images: list[bytes], clients: int, duration: float,
+          profile_dir: Path | None = None) -> dict:
     """``clients`` closed-loop clients in up to 8 processes, all started at one instant; only the
     answers completed inside the window count. ``cpu``: where the machine's cores went in the
-    window, per process role (``benchmarks/proc_cpu.py``)."""
+    window, per process role (``benchmarks/proc_cpu.py``). With ``profile_dir``, py-spy samples
+    the serving processes through the window (``native_profile``: ``profile`` in the result)."""
     ctx = mp.get_context("spawn")
     procs_n = min(clients, 8)
     per = [clients // procs_n + (1 if i < clients % procs_n else 0) for i in range(procs_n)]
@@ -309,6 +337,9 @@ def drive(target: dict, models: list[str], images: list[bytes], clients: int, du
         go_at.value = time.monotonic() + 0.1
         account = WindowAccount(go_at.value, duration, frozenset(p.pid for p in procs))
         go.set()
+        spies = None
+        if profile_dir is not None:
+            spies = NativeProfile(py_spy(), pids_by_role(("model_server", "gateway")), duration, profile_dir)
         results = [q.get(timeout=duration + 120) for _ in procs]
     finally:
         for p in procs:
@@ -317,9 +348,12 @@ def drive(target: dict, models: list[str], images: list[bytes], clients: int, du
                 p.terminate()
     records = [r for res in results for r in res[0]]
     summary = window_summary(records, duration)
-    return {"target": target["name"], "clients": clients, "models": len(models), **summary,
-            "server_timing_p50_ms": stage_medians([h for res in results for h in res[1]]),
-            "cpu": account.result(summary["answers"])}
+    out = {"target": target["name"], "clients": clients, "models": len(models), **summary,
+           "server_timing_p50_ms": stage_medians([h for res in results for h in res[1]]),
+           "cpu": account.result(summary["answers"])}
+    if spies is not None:
+        out["profile"] = spies.result((out["cpu"] or {}).get("core_ms_per_answer", {}))
+    return out
 
 
 def stage_medians(headers: list[str]) -> dict[str, float]:
@@ -413,6 +447,11 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=0.0,
                     help="seconds of unrecorded load at each level and target before its window")
     ap.add_argument("--spread", action="store_true", help="also spread the best level over 3 and 12 models")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="a tree (a copy of serve_app at an earlier commit) that variants named NAME@before serve")
+    ap.add_argument("--profile-clients", type=int, default=0,
+                    help="after this level's raw-route window, one more with py-spy --native on the serving "
+                         "processes (the 'profile' rows of the sweep)")
     ap.add_argument("--cpu", action="store_true", help="dry run on a machine without a GPU")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -440,7 +479,7 @@ def main() -> None:
     ids = write_repository(args.onnx, Path("/tmp/gpubench-repo"), 20)
     result["server"] = {}
     for name in args.variants.split(","):
-        result["server"][name] = {"variant": VARIANTS[name], **sizes(args, VARIANTS[name]),
+        result["server"][name] = {"variant": variant_named(name, args.before), **sizes(args, variant_named(name, args.before)),
                                   "max_batch": args.batch, "sweep": []}
         serve_variant(args, name, ids, images, result["server"][name], save)
 
@@ -492,8 +531,6 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
     """One server variant, with Roboflow Inference beside it when the rf-json target is asked
     for: start both, warm, sweep the clients (at each level every target in turn), optionally
     spread over 3 and 12 models, cold loads of 4 new models; stop both whatever happens."""
-    import shutil
-
     import requests
 
     from benchmarks.servers import free_port
@@ -503,27 +540,32 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
     work.mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    direct = VARIANTS[name].get("args", {}).get("direct_ingress")
+    chosen = variant_named(name, args.before)
+    direct = chosen.get("args", {}).get("direct_ingress")
     names = args.targets.split(",")
     rf = rf_url = None
     if "rf-json" in names:
         rf_port = free_port()
         rf = start_roboflow(work, args.onnx, args.rf_site, rf_port, args.rf_python)
         rf_url = f"http://127.0.0.1:{rf_port}"
-    size = sizes(args, VARIANTS[name])
+    size = sizes(args, chosen)
     server = start_server(work, Path("/tmp/gpubench-repo"), port, size["replicas"], size["gateways"], args.batch,
-                          args.cpu, VARIANTS[name], args.replica_max_ongoing, args.gpus, size["replica_cpus"])
+                          args.cpu, chosen, args.replica_max_ongoing, args.gpus, size["replica_cpus"])
     try:
         infer = url + "/infer"
         if direct:  # no readiness route without the gateway: the first request answers it
             _wait_ready(infer, server, "serve run", post=(images[0], ids[0]))
         else:
             _wait_ready(url + "/readiness", server, "serve run")
-        t = time.perf_counter()
-        for mid in ids[:12]:  # warm: load the 12 models once (the first load pays CUDA init)
-            for _ in range(2):
-                requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
-        out["warm_12_models_s"] = time.perf_counter() - t
+        replicas = pids_by_role(("model_server",)).get("model_server", [])
+        with ThreadPoolExecutor(1) as pool:  # which tree the replicas run, read from their stacks while they load
+            roots = pool.submit(package_roots, py_spy(), replicas)
+            t = time.perf_counter()
+            for mid in ids[:12]:  # warm: load the 12 models once (the first load pays CUDA init)
+                for _ in range(2):
+                    requests.post(infer, data=images[0], headers={"serve_multiplexed_model_id": mid}, timeout=120)
+            out["warm_12_models_s"] = time.perf_counter() - t
+            out["serve_app_from"] = roots.result()
         if rf is not None:
             _wait_ready(rf_url + "/info", rf, "Roboflow Inference", 300)
             body = json.loads(request_bodies("json", [RF_MODEL], images[:1], {"api_key": "dummy"})[0][1])
@@ -550,6 +592,11 @@ def serve_variant(args: argparse.Namespace, name: str, ids: list[str], images: l
                 out["sweep"].append(r)
                 print(name, "sweep", json.dumps(r), flush=True)
                 save()
+                if c == args.profile_clients and target["name"] == "ours-raw":
+                    r = drive(target, model, images, c, args.duration, profile_dir=work / "profile")
+                    out.setdefault("profiles", []).append(r)
+                    print(name, "profile", json.dumps(r["profile"])[:3000], flush=True)
+                    save()
         if args.spread:
             ours = [r for r in out["sweep"] if r["target"] == "ours-raw"] or out["sweep"]
             best = max(ours, key=lambda r: r["req_per_s"])

@@ -142,6 +142,8 @@ def cpu_between(before: Snapshot, after: Snapshot, answers: int, cores: int | No
     True
     >>> s["busiest_thread"]["model_server"]["name"], s["busy_cores"], s["cores"]
     ('python', 2.0, 4)
+    >>> s["thread_ms_per_answer"]["model_server"] == {"python": round(180 * TICK_S * 10, 2), "ort": round(20 * TICK_S * 10, 2)}
+    True
     """
     seconds = max(after.at - before.at, 1e-9)
     by_role: dict[str, int] = {}
@@ -149,11 +151,14 @@ def cpu_between(before: Snapshot, after: Snapshot, answers: int, cores: int | No
         name = after.roles[key]
         by_role[name] = by_role.get(name, 0) + ticks - before.processes.get(key, 0)
     busiest: dict[str, dict] = {}
+    by_thread: dict[str, dict[str, int]] = {}  # role -> thread name -> ticks, the role's processes pooled
     for key, (ticks, comm) in after.threads.items():
         name = after.roles.get((key[0], key[2]), "other")
-        used = (ticks - before.threads.get(key, (0, ""))[0]) * TICK_S / seconds
+        spent = ticks - before.threads.get(key, (0, ""))[0]
+        used = spent * TICK_S / seconds
         if used > busiest.get(name, {}).get("cores", -1.0):
             busiest[name] = {"cores": round(used, 2), "name": comm, "pid": key[0]}
+        by_thread.setdefault(name, {})[comm] = by_thread.get(name, {}).get(comm, 0) + spent
     busy = after.machine[0] - before.machine[0]
     total = max(after.machine[1] - before.machine[1], 1)
     n_cores = cores or os.cpu_count() or 1
@@ -165,7 +170,20 @@ def cpu_between(before: Snapshot, after: Snapshot, answers: int, cores: int | No
         "cores_by_role": {r: round(t * TICK_S / seconds, 2) for r, t in ranked},
         "core_ms_per_answer": {r: round(t * TICK_S * 1e3 / max(answers, 1), 2) for r, t in ranked},
         "busiest_thread": busiest,
+        # a role's core-ms per answer by thread name (its 8 busiest names): which of its threads the cost is in
+        "thread_ms_per_answer": {r: {comm: round(t * TICK_S * 1e3 / max(answers, 1), 2)
+                                     for comm, t in sorted(names.items(), key=lambda x: -x[1])[:8] if t > 0}
+                                 for r, names in by_thread.items()},
     }
+
+
+def pids_by_role(roles: tuple[str, ...]) -> dict[str, list[int]]:
+    """The PIDs of the processes in ``roles`` now (by :func:`role`)."""
+    out: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (name := role(cmdline(int(entry)))) in roles:
+            out.setdefault(name, []).append(int(entry))
+    return out
 
 
 class GpuSampler:

@@ -8,10 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from benchmarks import context, gpu, gpu_machine, loadgen, models, origin, proc_cpu, servers, stats
+from benchmarks import context, gpu, gpu_machine, loadgen, models, native_profile, origin, proc_cpu, servers, stats
 
 
-@pytest.mark.parametrize("module", [stats, loadgen, models, context, servers, origin, gpu, gpu_machine, proc_cpu])
+@pytest.mark.parametrize("module", [stats, loadgen, models, context, servers, origin, gpu, gpu_machine, proc_cpu,
+                                    native_profile])
 def test_doctests(module) -> None:
     failures, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert attempted > 0 and failures == 0
