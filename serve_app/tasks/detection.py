@@ -16,9 +16,29 @@ from serve_app.tasks.nms import batched_nms
 
 @dataclass(frozen=True)
 class Candidates:
-    boxes: np.ndarray  # (N, 4) xyxy, input pixels
+    """A head's candidate boxes. ``coords`` are as the head wrote them: corners, or with
+    ``centre_size`` centre x, y, width, height, turned into corners only for the rows a selection
+    keeps (:meth:`boxes_at`; converting YOLOv8's 8,400 strided rows cost more than the rest of the
+    selection).
+
+    >>> c = Candidates(np.array([[10, 10, 4, 2]], np.float32), np.ones((1, 1)), np.zeros((1, 0)), centre_size=True)
+    >>> c.boxes.tolist(), c.boxes_at(np.array([0])).tolist()
+    ([[8.0, 9.0, 12.0, 11.0]], [[8.0, 9.0, 12.0, 11.0]])
+    """
+    coords: np.ndarray  # (N, 4) input pixels: xyxy, or centre x, y, w, h with centre_size
     scores: np.ndarray  # (N, C) class confidences
     extra: np.ndarray  # (N, E)
+    centre_size: bool = False
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """Every candidate's box, xyxy."""
+        return self.boxes_at(slice(None))
+
+    def boxes_at(self, rows: np.ndarray | slice) -> np.ndarray:
+        """The boxes of ``rows``, xyxy."""
+        picked = self.coords[rows]
+        return xywh_to_xyxy(picked) if self.centre_size else picked
 
 
 @dataclass(frozen=True)
@@ -34,7 +54,7 @@ def decode_yolov8(output: np.ndarray, num_classes: int) -> Candidates:
     if output.ndim != 2 or output.shape[0] < 4 + num_classes:
         raise ValueError(f"YOLOv8 output must be [4+{num_classes}+E, N], got {list(output.shape)}")
     rows = output.T
-    return Candidates(xywh_to_xyxy(rows[:, :4]), rows[:, 4:4 + num_classes], rows[:, 4 + num_classes:])
+    return Candidates(rows[:, :4], rows[:, 4:4 + num_classes], rows[:, 4 + num_classes:], centre_size=True)
 
 
 def decode_yolov5(output: np.ndarray, num_classes: int) -> Candidates:
@@ -42,7 +62,7 @@ def decode_yolov5(output: np.ndarray, num_classes: int) -> Candidates:
     if output.ndim != 2 or output.shape[1] < 5 + num_classes:
         raise ValueError(f"YOLOv5 output must be [N, 5+{num_classes}+E], got {list(output.shape)}")
     scores = output[:, 5:5 + num_classes] * output[:, 4:5]
-    return Candidates(xywh_to_xyxy(output[:, :4]), scores, output[:, 5 + num_classes:])
+    return Candidates(output[:, :4], scores, output[:, 5 + num_classes:], centre_size=True)
 
 
 def decode_end2end(output: np.ndarray, num_classes: int) -> Candidates:
@@ -87,7 +107,7 @@ def select(c: Candidates, *, confidence: float, iou_threshold: float, class_agno
     if keep.size > max_candidates:
         order = np.argsort(-conf, kind="stable")[:max_candidates]
         keep, conf, class_id = keep[order], conf[order], class_id[order]
-    boxes = c.boxes[keep]
+    boxes = c.boxes_at(keep)
     if nms:
         kept = batched_nms(boxes, conf, class_id, iou_threshold, class_agnostic)[:max_detections]
     else:
