@@ -115,3 +115,41 @@ def test_no_wait_when_no_other_request_of_the_model_is_in_flight():
 
     assert timed(1) < 0.1
     assert timed(3) >= 0.29
+
+
+def test_reused_batch_buffers_hold_only_the_batch_and_zero_padding():
+    """Batches of varying sizes go through the batcher's reused buffers: every call sees exactly
+    its requests' rows, then zeros (no row left from an earlier, larger batch), and every request
+    gets back its own rows."""
+    calls: list[np.ndarray] = []
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        calls.append(x.copy())
+        return [x * 2]
+
+    batcher = TensorBatcher(run, max_batch=8, max_wait_s=0.002, buckets=(1, 4, 8))
+    rng = np.random.default_rng(7)
+    sizes_seen: set[int] = set()
+
+    async def wave(sizes: list[int]) -> None:
+        calls.clear()
+        tensors = [np.full((n, 2, 3), i + 1, np.uint8) for i, n in enumerate(sizes)]  # request i's rows hold i + 1
+        outs = await asyncio.gather(*(batcher.submit(t) for t in tensors))
+        for t, (doubled,) in zip(tensors, outs):
+            np.testing.assert_array_equal(doubled, t * 2)
+        rows_by_request: dict[int, int] = {}
+        for x in calls:
+            sizes_seen.add(len(x))
+            values = x.reshape(len(x), -1)[:, 0]
+            used = int((values > 0).sum())
+            assert (values[used:] == 0).all() and (values[:used] > 0).all()  # its rows first, then zeros
+            for v in values[:used].tolist():
+                rows_by_request[v] = rows_by_request.get(v, 0) + 1
+        assert rows_by_request == {i + 1: n for i, n in enumerate(sizes)}  # each request's rows, once
+
+    async def main():
+        for _ in range(40):  # large waves and small ones alternate: stale rows must be zeroed
+            await wave([int(n) for n in rng.integers(1, 4, size=int(rng.integers(1, 6)))])
+
+    asyncio.run(main())
+    assert sizes_seen >= {4, 8}
