@@ -153,7 +153,7 @@ def to_tensor(images: list[np.ndarray], spec: InputSpec, dtype: type = np.float3
     :func:`serve_app.pipeline.graph.prepend_uint8_normalization`); with ``channels_last`` too the
     images are only stacked, ``N x H x W x 3`` BGR, and the model transposes and reorders them.
     """
-    batch = np.stack(images)
+    batch = np.ascontiguousarray(images[0])[None] if len(images) == 1 else np.stack(images)  # one: a view, no copy
     if dtype == np.uint8 and channels_last:
         return batch
     if spec.channel_order == "rgb":
