@@ -3,14 +3,16 @@ side by side in one run (issue 14's CPU-box target: throughput at least 1.2x Rob
 
     git worktree add --detach /work/cpu14-before <commit before the change>
     .venv/bin/python -m benchmarks.cpu_request_cost --before /work/cpu14-before [--after DIR] [--rounds 1]
-        [--duration 15] [--clients 1,2,4,8,16] [--extra NAME:KEY=VALUE[,KEY=VALUE]]
+        [--duration 15] [--clients 1,2,4,8,16] [--extra NAME:KEY=VALUE[,KEY=VALUE]] [--launch haproxy]
 
 Each round runs the ``concurrency`` workload (benchmarks/workloads.py: closed loop, all clients
 released at one instant, only answers completed inside the window counted) once per configuration,
 one server at a time: ``rf``; ``ours@before`` (the JSON base64 route, served from the ``--before``
 tree); ``ours`` and ``ours-raw`` (this tree, JSON and raw-body routes); and each ``--extra`` (this
 tree with ``--ours-set`` overrides, JSON route, e.g. ``1thread:args.intra_op_threads=1``). Rounds
-alternate the order, so a drift of the box's load falls on every contender. Writes
+alternate the order, so a drift of the box's load falls on every contender. ``--launch haproxy``
+starts our server as the README's CPU-box launch does (Ray's throughput-optimised Serve, HAProxy
+in front); every tree reads this tree's serve_config.yaml. Writes
 ``benchmarks/results/cpu_request_cost.{json,png}``: per configuration and level the windowed
 throughput (median over rounds), p50/p99, errors, and ours/rf at each level, with the machine
 (CPU, cores, memory, load average at start and end), versions and both trees' commits.
@@ -34,6 +36,8 @@ from benchmarks.servers import log
 from benchmarks.workloads import concurrency
 
 TARGET_RATIO = 1.2
+# how our server is started (the environment of its serve run)
+LAUNCHES = {"proxy": {}, "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}}
 OUT = layout.RESULTS / "cpu_request_cost.json"
 
 
@@ -132,11 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 4, 8, 16])
     p.add_argument("--extra", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--launch", choices=sorted(LAUNCHES), default="proxy",
+                   help="how our server is started: Ray's Python proxy (plain serve run) or the README's CPU-box "
+                        "launch, Ray's throughput-optimised Serve with HAProxy in front")
     p.add_argument("--replot", action="store_true", help="redraw the PNG from the saved JSON")
     args = p.parse_args(argv)
     if args.replot:
         print(plot(json.loads(args.out.read_text()), args.out.with_suffix(".png")))
         return
+    os.environ.update(LAUNCHES[args.launch])  # our server's serve run inherits it (Roboflow ignores it)
     scratch = layout.BENCH / "cpu_request_cost"
     scratch.mkdir(parents=True, exist_ok=True)
     base = Options(duration_s=args.duration, warmup=args.warmup, clients=args.clients, results_dir=scratch,
@@ -145,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     after = args.after.resolve() if args.after else None
     doc["trees"] = {"after": {"path": str(after or layout.ROOT), "commit": _commit(after or layout.ROOT)},
                     "before": {"path": str(args.before.resolve()), "commit": _commit(args.before)}}
-    doc["options"] = {**doc["options"], "rounds": args.rounds, "extra": args.extra}
+    doc["options"] = {**doc["options"], "rounds": args.rounds, "extra": args.extra, "launch": args.launch,
+                      "launch_env": LAUNCHES[args.launch]}
     rounds: list[dict[str, dict]] = []
     configs = configurations(base, args.before.resolve(), args.extra, after)
     for i in range(args.rounds):
@@ -163,7 +172,6 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     plot(doc, args.out.with_suffix(".png"))
-    rf = doc["summary"].get("rf", {})
     print("clients | " + " | ".join(doc["summary"]))
     for c in args.clients:
         row = [f"{v[str(c)]['throughput_rps']:.2f}" for v in doc["summary"].values() if str(c) in v]
