@@ -479,7 +479,8 @@ def main() -> None:
     ids = write_repository(args.onnx, Path("/tmp/gpubench-repo"), 20)
     result["server"] = {}
     for name in args.variants.split(","):
-        result["server"][name] = {"variant": variant_named(name, args.before), **sizes(args, variant_named(name, args.before)),
+        chosen = variant_named(name, args.before)
+        result["server"][name] = {"variant": chosen, **sizes(args, chosen),
                                   "max_batch": args.batch, "sweep": []}
         serve_variant(args, name, ids, images, result["server"][name], save)
 
