@@ -106,6 +106,11 @@ class SessionOptions:
     # replaces it in the background (OnnxSession.tune): a cold model answers sooner.
     quick_start: bool = False
     force_quick_start: bool = False  # the same on any provider (tests, dry runs)
+    # YOLOv8-style heads ([N, 4 + C + E, A]): the graph picks the rows whose best class score is
+    # above the batch's lowest confidence, and only those leave the session (pipeline/candidates.py):
+    # not 2.8 MB per image from a GPU, nor NumPy's class maximum over every row. Not with fp16 or
+    # cuda_graph (a recorded graph replays fixed shapes; the filter's output varies).
+    candidate_filter: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

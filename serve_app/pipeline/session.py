@@ -29,6 +29,7 @@ import onnxruntime as ort
 
 from serve_app.errors import ModelLoadError
 from serve_app.options import SessionOptions
+from serve_app.pipeline.candidates import DEFAULT_FEEDS
 from serve_app.pipeline.chunks import run_in_chunks
 from serve_app.pipeline.arena import USE_ENV_ALLOCATORS, share_allocators
 from serve_app.pipeline.cuda_graph import PROVIDER_OPTION as CUDA_GRAPH_OPTION
@@ -217,6 +218,9 @@ class OnnxSession:
     shared_arena: bool = False  # whether its sessions take their memory from the process's shared arenas
     graph_cache_hit: bool = False  # built from the optimised graph an earlier load kept (SavedGraph)
     shrink: ort.RunOptions | None = None  # the bucket sessions' calls give their arena back (shrink_batch_arenas)
+    # what every call feeds the inputs after the image unless it says otherwise (a graph edit's, such
+    # as the candidate filter's score floor: pipeline/candidates.py)
+    fixed_feeds: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview | np.ndarray, options: SessionOptions, label: str = "model",
@@ -266,6 +270,7 @@ class OnnxSession:
                      used, dict(session.get_modelmeta().custom_metadata_map), io_binding=options.io_binding and on_gpu,
                      precision="fp16" if fp16 is not None else "fp32", shared_arena=shared)
         loaded.graph_cache_hit = saved is not None and saved.hit
+        loaded.fixed_feeds = {i.name: DEFAULT_FEEDS[i.name] for i in session.get_inputs()[1:] if i.name in DEFAULT_FEEDS}
         if quick is not None and (on_gpu or options.force_quick_start):
             loaded._tuned_builder = lambda: _create(weights, so, providers, label)
         if options.shrink_batch_arenas and not shared:  # (a shared arena is the process's, not the session's)
@@ -339,7 +344,7 @@ class OnnxSession:
                 return False
             started = time.perf_counter()
             session = builder()
-            session.run(self.output_names, {self.input_name: warm_input})
+            session.run(self.output_names, self._feeds(warm_input))
             self.session = session
             log.info("tuned main session built and warmed in %.0f ms", (time.perf_counter() - started) * 1e3)
             return True
@@ -357,12 +362,16 @@ class OnnxSession:
                 self._build_session = None  # the weights it holds go with it
             started = time.perf_counter()
             session = builder()
-            session.run(self.output_names, {self.input_name: warm_input}, self.shrink)
+            session.run(self.output_names, self._feeds(warm_input), self.shrink)
             self.by_batch_size = {**self.by_batch_size, size: session}  # readers see the old or the new dict
             log.info("session for batch size %d built and warmed in %.0f ms", size, (time.perf_counter() - started) * 1e3)
             return True
 
-    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+    def run(self, tensor: np.ndarray, feeds: dict[str, np.ndarray] | None = None,
+            outputs: list[str] | None = None) -> list[np.ndarray]:
+        """The ``outputs`` (all by default) for the image batch ``tensor``; ``feeds`` for the other
+        inputs (their :attr:`fixed_feeds` where left out). Row by row, an output's rows are joined
+        in order (a per-image output, or rows of images one after another)."""
         if self.cuda_graph is not None and len(tensor) not in self.by_batch_size:
             # the main session replays batch 1's graph, so no other shape may reach it: sizes
             # without a bucket session of their own replay it row by row
@@ -370,16 +379,22 @@ class OnnxSession:
         if self.per_batch_size and len(tensor) > 1 and len(tensor) not in self.by_batch_size:
             # a size without its own session (not built yet, or no bucket) would make batch 1's
             # session re-plan its kernels for a new shape: it runs row by row instead
-            return run_in_chunks(lambda row: self._run_on(self.session, row), tensor, 1)
-        return self._run_on(self.by_batch_size.get(len(tensor), self.session), tensor)
+            return run_in_chunks(lambda row: self._run_on(self.session, row, feeds, outputs), tensor, 1)
+        return self._run_on(self.by_batch_size.get(len(tensor), self.session), tensor, feeds, outputs)
 
-    def _run_on(self, session: ort.InferenceSession, tensor: np.ndarray) -> list[np.ndarray]:
+    def _feeds(self, tensor: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        return {self.input_name: tensor, **self.fixed_feeds, **(feeds or {})}
+
+    def _run_on(self, session: ort.InferenceSession, tensor: np.ndarray, feeds: dict[str, np.ndarray] | None = None,
+                outputs: list[str] | None = None) -> list[np.ndarray]:
         shrink = self.shrink if session is not self.session else None  # bucket sessions only
+        names = outputs or self.output_names
         if not self.io_binding:
-            return session.run(self.output_names, {self.input_name: tensor}, shrink)
+            return session.run(names, self._feeds(tensor, feeds), shrink)
         binding = session.io_binding()
-        binding.bind_cpu_input(self.input_name, tensor)
-        for name in self.output_names:
+        for name, value in self._feeds(tensor, feeds).items():
+            binding.bind_cpu_input(name, value)
+        for name in names:
             binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding, shrink)
         return binding.copy_outputs_to_cpu()

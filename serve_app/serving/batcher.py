@@ -8,6 +8,9 @@ runtime sees few input shapes (on a GPU each has a session of its own, see Sessi
 A batch of several requests, or a padded one, is assembled in a buffer the batcher keeps per
 bucket (:class:`BatchBuffers`): joining and padding with fresh arrays cost a replica about 1.4 of
 its 9 core-ms per answer on the H200 (the pages of ~10 MB allocated, faulted in and freed per batch).
+A request may bring a score ``floor`` (``VisionModel.score_floor``): its batch runs with the lowest
+of them (``run(tensor, floor)``). Outputs are split by request as arrays are, ``output[start:stop]``
+(the candidate filter's :class:`~serve_app.pipeline.candidates.CandidateRows` slices so too).
 
 >>> import asyncio
 >>> b = TensorBatcher(lambda x: [x * 2], max_batch=8, max_wait_s=0.001)
@@ -20,18 +23,20 @@ import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from serve_app.options import batch_buckets
 
-RunFn = Callable[[np.ndarray], list[np.ndarray]]
+RunFn = Callable[..., list[Any]]  # run(tensor) or, for requests that bring a floor, run(tensor, floor)
 
 
 @dataclass
 class _Pending:
     tensor: np.ndarray
     future: asyncio.Future = field(repr=False)
+    floor: Any = None
 
 
 class TensorBatcher:
@@ -57,10 +62,10 @@ class TensorBatcher:
         self._worker: asyncio.Task | None = None
         self.batch_sizes: list[int] = []  # recent batch sizes, for metrics and tests
 
-    async def submit(self, tensor: np.ndarray) -> list[np.ndarray]:
+    async def submit(self, tensor: np.ndarray, floor: Any = None) -> list[Any]:
         """Run ``tensor`` (N images) with whatever else is queued; returns this request's N outputs."""
         loop = asyncio.get_running_loop()
-        item = _Pending(tensor, loop.create_future())
+        item = _Pending(tensor, loop.create_future(), floor)
         self._queue.append(item)
         if self._wake is None:
             self._wake = asyncio.Event()
@@ -80,8 +85,10 @@ class TensorBatcher:
                 batch.append(item)
                 images += len(item.tensor)
             tensor = self._buffers.assemble([b.tensor for b in batch], self._buckets())
+            floors = [b.floor for b in batch]
+            args = (tensor,) if any(f is None for f in floors) else (tensor, min(floors))
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, tensor)
+                outputs = await loop.run_in_executor(self._executor, self._run, *args)
             except BaseException as exc:  # every waiter of this batch gets the error
                 for b in batch:
                     if not b.future.done():

@@ -322,7 +322,7 @@ class ModelServerCore:
                     if model.pending_batch_sizes and loaded.in_flight > 1:
                         self._add_batch_sessions(loaded)
                     run_started = time.perf_counter()
-                    outputs = await self._batcher(loaded).submit(tensor)
+                    outputs = await self._batcher(loaded).submit(tensor, model.score_floor(params))
                     run_ended = time.perf_counter()
                     results = await asyncio.to_thread(model.decode, outputs, transforms, params, images)
                     timings = {"preprocess": run_started - t0, "inference": run_ended - run_started,

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from serve_app.errors import ModelLoadError
+from serve_app.pipeline.candidates import CANDIDATES, FLOOR, OUTPUTS, CandidateRows, append_candidate_filter, score_floor
 from serve_app.pipeline.chunks import run_in_chunks
 from serve_app.pipeline.geometry import ImageTransform
 from serve_app.pipeline.graph import prepend_uint8_normalization
@@ -39,6 +40,7 @@ class VisionModel:
     timings: dict[str, float] = field(default_factory=dict)
     load_phases: dict[str, float] = field(default_factory=dict)  # seconds: graph (edit or kept graph), session, warmup
     graph_cache_hit: bool = False  # the session was built from the optimised graph an earlier load kept
+    candidate_filter: bool = False  # its session picks the candidate rows (pipeline/candidates.py): see run
 
     @classmethod
     def load(cls, manifest: ModelSpec, files: Mapping[str, Any], options: SessionOptions,
@@ -52,9 +54,10 @@ class VisionModel:
         spec = manifest.input
         edit = {"scale": spec.scale, "mean": list(spec.mean), "std": list(spec.std),
                 "rgb": spec.channel_order == "rgb"} if options.uint8_input else None
-        saved = cls._saved_graph(options, weights_sha256, edit)
-        session, channels_last = cls._session(manifest, files["weights"], options, edit, saved)
-        model = cls(manifest, session, channels_last=channels_last)
+        classes = len(manifest.classes) if filters_candidates(manifest, options) else None
+        saved = cls._saved_graph(options, weights_sha256, edit, classes)
+        session, channels_last = cls._session(manifest, files["weights"], options, edit, saved, classes)
+        model = cls(manifest, session, channels_last=channels_last, candidate_filter=CANDIDATES in session.output_names)
         started = time.perf_counter()
         try:
             for size in session.batch_sizes:  # every shape-stable session plans its kernels now, not on a request
@@ -69,20 +72,22 @@ class VisionModel:
         return model
 
     @staticmethod
-    def _saved_graph(options: SessionOptions, weights_sha256: str | None, edit: dict | None) -> SavedGraph | None:
+    def _saved_graph(options: SessionOptions, weights_sha256: str | None, edit: dict | None,
+                     filter_classes: int | None = None) -> SavedGraph | None:
         """Where this load's optimised graph is kept (None: no graph is kept for it)."""
         if not (weights_sha256 and graph_cache_applies(options)):
             return None
         key = graph_key(weights_sha256, providers=options.providers, graph_optimization=options.graph_optimization,
-                        uint8_input=edit, shared_arena=options.shared_arena)
+                        uint8_input=edit, shared_arena=options.shared_arena, candidate_filter=filter_classes)
         return SavedGraph(GraphCache(options.graph_cache_dir or "", options.graph_cache_max_bytes), key)
 
     @staticmethod
     def _session(manifest: ModelSpec, weights: Any, options: SessionOptions, edit: dict | None,
-                 saved: SavedGraph | None) -> tuple[OnnxSession, bool]:
+                 saved: SavedGraph | None, filter_classes: int | None = None) -> tuple[OnnxSession, bool]:
         """The model's session and whether it takes the decoded images as they are (channels last):
         from the kept optimised graph where there is one, else from the weights (with the uint8 input
-        edit; that session keeps its graph). A kept graph that does not load is removed."""
+        edit and, for ``filter_classes`` classes, the candidate filter; that session keeps its graph).
+        A kept graph that does not load is removed."""
         graph = saved.cache.get(saved.key) if saved is not None else None
         if saved is not None and graph is not None:
             try:
@@ -100,6 +105,12 @@ class VisionModel:
             except ModelLoadError as exc:
                 log.warning("%s: keeping float input (%s)", manifest.model_id, exc.message)
                 saved = None  # a graph kept under the edit's key must have the edit
+        if filter_classes is not None:
+            try:
+                weights = append_candidate_filter(weights, filter_classes)
+            except ModelLoadError as exc:
+                log.warning("%s: candidates chosen on the host (%s)", manifest.model_id, exc.message)
+                saved = None
         return OnnxSession.from_bytes(weights, options, manifest.model_id, saved), channels_last
 
     @classmethod
@@ -176,7 +187,7 @@ class VisionModel:
         t0 = time.perf_counter()
         tensor, transforms = self.prepare(images, params)
         t1 = time.perf_counter()
-        outputs = self.run(tensor)
+        outputs = self.run(tensor, self.score_floor(params))
         t2 = time.perf_counter()
         results = self.decode(outputs, transforms, params, images)
         t3 = time.perf_counter()
@@ -204,15 +215,34 @@ class VisionModel:
         """Whether tensors of several requests can be stacked into one session call."""
         return self.manifest.task != "ocr" and self.session is not None and self.session.dynamic_batch
 
-    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
-        assert self.session is not None
-        if self.session.dynamic_batch or len(tensor) == 1:
-            return self.session.run(tensor)
-        return run_in_chunks(self.session.run, tensor, 1)
+    def score_floor(self, params: InferenceParams) -> np.ndarray | None:
+        """What :meth:`run` needs to know of a request: the score its candidates must beat (None
+        for a model whose session does not choose them). A batch runs with its requests' lowest."""
+        return score_floor(params.confidence) if self.candidate_filter else None
+
+    def run(self, tensor: np.ndarray, floor: np.ndarray | None = None) -> list[Any]:
+        """The session's outputs for ``tensor``; with the candidate filter one :class:`CandidateRows`
+        of the rows scoring above ``floor`` (every row when None), which :meth:`decode` reads as
+        YOLOv8's output."""
+        session = self.session
+        assert session is not None
+        run = session.run
+        if self.candidate_filter:
+            feeds = None if floor is None else {FLOOR: floor}
+            run = lambda x: session.run(x, feeds, list(OUTPUTS))  # noqa: E731
+        outputs = run(tensor) if session.dynamic_batch or len(tensor) == 1 else run_in_chunks(run, tensor, 1)
+        return [CandidateRows(*outputs)] if self.candidate_filter else outputs
 
     def _decode(self, outs: list[np.ndarray], transform: ImageTransform, params: InferenceParams) -> dict:
         assert self.decoder is not None and self.session is not None
         return self.decoder(outs, self.session.output_names, transform, params, self.manifest)
+
+
+def filters_candidates(manifest: ModelSpec, options: SessionOptions) -> bool:
+    """Whether the model's session gets the candidate filter: YOLOv8's layout is the only one its
+    architecture writes, and no option that needs fixed output shapes or float16 is on."""
+    return (options.candidate_filter and manifest.architecture == "yolov8" and options.precision == "fp32"
+            and not options.cuda_graph)
 
 
 def fit_outputs(manifest: ModelSpec, shapes: list[tuple[int, ...]]) -> Decoder:
