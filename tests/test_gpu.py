@@ -57,10 +57,10 @@ pytestmark = pytest.mark.skipif(cuda_problem() is not None, reason=f"no GPU: {cu
 
 
 @lru_cache(maxsize=None)
-def on_gpu(model_id: str) -> VisionModel:
+def on_gpu(model_id: str, **options) -> VisionModel:
     manifest = Manifest.from_dict(json.loads((MODELS / model_id / "model.json").read_text()))
     files = {name: (MODELS / model_id / spec.path).read_bytes() for name, spec in manifest.files.items()}
-    return VisionModel.load(manifest, files, SessionOptions(providers=CUDA, batch_sizes=BUCKETS))
+    return VisionModel.load(manifest, files, SessionOptions(providers=CUDA, batch_sizes=BUCKETS, **options))
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,26 @@ def test_every_batch_bucket_has_its_own_session_and_gives_each_images_answer(sce
             got = got["predictions"]
             assert len(got) == len(single)
             assert len(match(pred_boxes(single), [p["class"] for p in single], got, min_iou=0.99)) == len(single)
+
+
+def test_the_candidate_filter_on_cuda_answers_as_the_full_output(scenes):
+    """On CUDA only the candidate rows leave the session (pipeline/candidates.py); a batch of
+    requests at two thresholds gets what the full output gives each of them."""
+    from serve_app.pipeline.candidates import CandidateRows
+
+    filtered, full = on_gpu("shapes-det/1"), on_gpu("shapes-det/1", candidate_filter=False)
+    assert filtered.candidate_filter and not full.candidate_filter
+    images = [s.image for s in scenes]
+    low = InferenceParams(confidence=0.1, iou_threshold=0.5)
+    tensor, transforms = filtered.prepare(images, PARAMS)
+    outputs = filtered.run(tensor, filtered.score_floor(low))  # the batch's lowest threshold
+    assert isinstance(outputs[0], CandidateRows) and outputs[0].rows.shape[0] < 8 * 8400
+    for k, params in enumerate((PARAMS, low) * 4):
+        got = filtered.decode([o[k:k + 1] for o in outputs], transforms[k:k + 1], params, images[k:k + 1])
+        got = got[0]["predictions"]
+        expected = full.predict([images[k]], params)[0]["predictions"]
+        assert len(got) == len(expected) and expected
+        assert len(match(pred_boxes(expected), [p["class"] for p in expected], got, min_iou=0.99)) == len(expected)
 
 
 def test_a_quick_start_on_cuda_gives_the_cpu_answers_before_and_after_tuning(scenes):
