@@ -180,6 +180,8 @@ VARIANTS = {
     "haproxy-shrink": {"env": HAPROXY, "args": {"shrink_batch_arenas": True}},
     # batches of up to 16 images (buckets 1 and 16): a batch's fixed host cost shared by twice the images
     "haproxy-b16": {"env": HAPROXY, "args": {"max_batch_size": 16}},
+    # the candidate filter off (pipeline/candidates.py): every row of YOLOv8's output leaves the session
+    "haproxy-no-filter": {"env": HAPROXY, "args": {"candidate_filter": False}},
     # before the per-bucket sessions: one session for every batch size, one inference thread
     "one-session": {"args": {"session_per_batch_size": False, "inference_threads": 1, "batch_buckets": [2, 4]}},
 }
