@@ -109,7 +109,8 @@ class SessionOptions:
     # YOLOv8-style heads ([N, 4 + C + E, A]): the graph picks the rows whose best class score is
     # above the batch's lowest confidence, and only those leave the session (pipeline/candidates.py):
     # not 2.8 MB per image from a GPU, nor NumPy's class maximum over every row. Not with fp16 or
-    # cuda_graph (a recorded graph replays fixed shapes; the filter's output varies).
+    # cuda_graph (a recorded graph replays fixed shapes; the filter's output varies). A replica
+    # whose models run on the CPU turns it off (serving/model_server.py: it costs more there).
     candidate_filter: bool = True
 
     def __post_init__(self) -> None:

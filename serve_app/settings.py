@@ -73,7 +73,7 @@ class Settings:
     graph_cache_max_bytes: int = 2 * 2**30
     shrink_batch_arenas: bool = False  # bucket sessions give their arena back after each call (less memory, slower)
     quick_start: bool = True  # on CUDA: a cold model first serves from a session with cuDNN's default algorithms
-    candidate_filter: bool = True  # YOLOv8 heads: only rows some class scores above the batch's floor leave the session
+    candidate_filter: bool = True  # YOLOv8 on a GPU: only rows scoring above the batch's floor leave the session
     cublas_workspace_kib: int = 0  # cuBLAS workspace per session handle (pipeline/cuda_env.py); 0: cuBLAS' default
     gpu_jpeg_decode: bool = False  # with a GPU: JPEGs decode there (nvImageCodec, pipeline/gpu_jpeg.py), else on the CPU
     inference_threads: int = 0  # session calls in flight per replica; 0 = 1 on the CPU, 2 with a GPU provider

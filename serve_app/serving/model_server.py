@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from serve_app.errors import ArtifactError, SchemaError, ServeAppError
 from serve_app.http.direct import direct_infer
 from serve_app.http.requests import MAX_IMAGES_PER_REQUEST, ModelRequest  # noqa: F401 (the name stays here too)
 from serve_app.http.visualize import render
+from serve_app.options import SessionOptions
 from serve_app.pipeline.cuda_env import limit_cublas_workspace
 from serve_app.pipeline.gpu_jpeg import gpu_jpeg_decoder
 from serve_app.pipeline.images import load_source
@@ -73,11 +75,11 @@ class ModelServerCore:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # outside a replica (tests of the core)
             self.replica_id = f"local-{os.getpid()}"
-        self.loader = ModelLoader(self._resolve, self._fetch, s.session_options)
+        probe = probe_for(s.providers)
+        self.loader = ModelLoader(self._resolve, self._fetch, session_options_for(s, probe.device))
         self.node_disk = DiskCache(Path(s.cache_dir), s.disk_cache_max_bytes)  # this node's disk tier
         self._background_tasks: set[asyncio.Future] = set()
         steady_allocator()  # so that host memory measurements see what a model keeps, not heap churn
-        probe = probe_for(s.providers)
         budget = s.replica_memory_budget_bytes
         if budget is None:
             budget = default_budget(probe, s.replica_memory_fraction, _gpu_share())
@@ -453,6 +455,18 @@ class ModelServerCore:
         return {"replica": self.replica_id, "ready": self.ready, "loaded": list(self.cache.held()),
                 "jpeg_decoder": "gpu" if self.jpeg_decoder is not None else "cpu",
                 "evictions": [e["model_id"] for e in self.cache.evictions], **self.cache.describe()}
+
+
+def session_options_for(settings: Settings, device: str) -> SessionOptions:
+    """The settings' session options for a replica whose models run on ``device`` ("gpu" or "cpu"):
+    on the CPU without the candidate filter, whose graph ops cost one core more than the copies and
+    NumPy work they save (YOLOv8n, one thread: 77.6 against 75.4 core-ms per image).
+
+    >>> session_options_for(Settings(), "cpu").candidate_filter, session_options_for(Settings(), "gpu").candidate_filter
+    (False, True)
+    """
+    options = settings.session_options
+    return options if device == "gpu" else replace(options, candidate_filter=False)
 
 
 def _node_id() -> str | None:
