@@ -87,10 +87,10 @@ def test_the_floor_is_just_below_the_threshold():
 def test_graphs_it_cannot_filter_are_refused():
     with pytest.raises(ModelLoadError, match="opset 12"):
         append_candidate_filter(identity_head(11), 3)
-    two = onnx.load_from_string(identity_head(17))
-    two.graph.output.append(helper.make_tensor_value_info("head", TensorProto.FLOAT, None))
-    with pytest.raises(ModelLoadError, match="one output"):
-        append_candidate_filter(two.SerializeToString(), 3)
+    flat = onnx.load_from_string(identity_head(17))
+    flat.graph.output[0].type.tensor_type.shape.dim.pop()  # [N, D]: not rows of anchors
+    with pytest.raises(ModelLoadError, match="first output"):
+        append_candidate_filter(flat.SerializeToString(), 3)
     with pytest.raises(ModelLoadError, match="cannot hold"):
         append_candidate_filter(identity_head(17, classes=3, extra=0), 8)  # 7 rows, 8 classes
 
@@ -108,6 +108,18 @@ def models() -> tuple[VisionModel, VisionModel]:
     filtered, plain = load(), load(candidate_filter=False)
     assert filtered.candidate_filter and not plain.candidate_filter
     return filtered, plain
+
+
+def test_keypoint_and_mask_models_answer_as_the_host_selection_too(images):
+    """YOLOv8-pose rows carry keypoints, YOLOv8-seg rows mask coefficients (and its prototypes, a
+    second output, stay): the same answers, polygons and keypoints included."""
+    for model_id in ("shapes-pose/1", "shapes-seg/1"):
+        filtered, plain = load(model_id), load(model_id, candidate_filter=False)
+        assert filtered.candidate_filter and not plain.candidate_filter
+        for params in (PARAMS[0], PARAMS[2], PARAMS[4]):
+            got = [answers(r) for r in filtered.predict(images, params)]
+            assert got == [answers(r) for r in plain.predict(images, params)], (model_id, params)
+        assert sum(len(a) for a in got) >= 3, model_id
 
 
 @pytest.fixture(scope="module")
@@ -164,5 +176,5 @@ def test_requests_of_other_thresholds_batched_together_each_get_their_own_answer
 
 def test_models_it_does_not_apply_to_keep_the_full_output():
     assert not load("shapes-det-v5/1").candidate_filter  # YOLOv5's rows carry objectness
-    assert not load("shapes-seg/1").candidate_filter  # rows and prototypes
+    assert not load("shapes-det-26/1").candidate_filter  # YOLO26 may write its end-to-end head
     assert not load(precision="fp16", force_precision=True).candidate_filter

@@ -51,9 +51,9 @@ def score_floor(confidence: float) -> np.ndarray:
 
 def append_candidate_filter(model_bytes: bytes, num_classes: int) -> bytes:
     """Return the model with :data:`FLOOR` as a second input and :data:`CANDIDATES` and
-    :data:`COUNTS` as outputs after its own, for a single ``[N, 4 + C + E, A]`` output.
-    :class:`ModelLoadError` where the graph does not have that shape of output (or its opset is
-    older than 12)."""
+    :data:`COUNTS` as outputs after its own, for a first output ``[N, 4 + C + E, A]`` (the rows;
+    a segmentation head's prototypes, its second output, stay as they are). :class:`ModelLoadError`
+    where the graph does not have that shape of output (or its opset is older than 12)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -62,12 +62,12 @@ def append_candidate_filter(model_bytes: bytes, num_classes: int) -> bytes:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 12:
         raise ModelLoadError(f"a candidate filter needs opset 12 or later, the model has {opset}")
-    if len(graph.output) != 1:
-        raise ModelLoadError(f"a candidate filter needs one output, the model has {len(graph.output)}")
+    if not graph.output:
+        raise ModelLoadError("a candidate filter needs an output")
     out = graph.output[0]
     dims = out.type.tensor_type.shape.dim
     if out.type.tensor_type.elem_type != TensorProto.FLOAT or len(dims) != 3:
-        raise ModelLoadError("a candidate filter needs a float [N, 4 + C + E, A] output")
+        raise ModelLoadError("a candidate filter needs a float [N, 4 + C + E, A] first output")
     channels = dims[1].dim_value if dims[1].HasField("dim_value") else None
     if channels is not None and channels < 4 + num_classes:
         raise ModelLoadError(f"output rows of {channels} cannot hold 4 box values and {num_classes} classes")

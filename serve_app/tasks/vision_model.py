@@ -227,22 +227,26 @@ class VisionModel:
         session = self.session
         assert session is not None
         run = session.run
-        if self.candidate_filter:
+        if self.candidate_filter:  # the rows' output replaced by the filter's; the others (prototypes) as they are
             feeds = None if floor is None else {FLOOR: floor}
-            run = lambda x: session.run(x, feeds, list(OUTPUTS))  # noqa: E731
+            names = [*OUTPUTS, *(n for n in session.output_names[1:] if n not in OUTPUTS)]
+            run = lambda x: session.run(x, feeds, names)  # noqa: E731
         outputs = run(tensor) if session.dynamic_batch or len(tensor) == 1 else run_in_chunks(run, tensor, 1)
-        return [CandidateRows(*outputs)] if self.candidate_filter else outputs
+        return [CandidateRows(outputs[0], outputs[1]), *outputs[2:]] if self.candidate_filter else outputs
 
     def _decode(self, outs: list[np.ndarray], transform: ImageTransform, params: InferenceParams) -> dict:
         assert self.decoder is not None and self.session is not None
         return self.decoder(outs, self.session.output_names, transform, params, self.manifest)
 
 
+FILTERED_ARCHITECTURES = ("yolov8", "yolov8-seg", "yolov8-pose")  # YOLOv8's rows are all they write
+
+
 def filters_candidates(manifest: ModelSpec, options: SessionOptions) -> bool:
     """Whether the model's session gets the candidate filter: YOLOv8's layout is the only one its
     architecture writes, and no option that needs fixed output shapes or float16 is on."""
-    return (options.candidate_filter and manifest.architecture == "yolov8" and options.precision == "fp32"
-            and not options.cuda_graph)
+    return (options.candidate_filter and manifest.architecture in FILTERED_ARCHITECTURES
+            and options.precision == "fp32" and not options.cuda_graph)
 
 
 def fit_outputs(manifest: ModelSpec, shapes: list[tuple[int, ...]]) -> Decoder:
