@@ -287,6 +287,7 @@ def test_a_lazy_replica_builds_its_bucket_session_when_requests_overlap_and_coun
             if now["batch_sessions"] == [1, 8] or time.time() > deadline:
                 break
         assert now["batch_sessions"] == [1, 8], now
+        assert now["candidate_filter"] is True, now  # on the GPU only the candidate rows leave the session
         assert now["memory_bytes"] > first["memory_bytes"], (first, now)
         # the quick start's session (settings' default) was replaced by the tuned one after the first answer
         assert now["quick_start_pending"] is False, now

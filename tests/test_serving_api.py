@@ -143,6 +143,7 @@ def test_a_first_request_shows_its_load_and_a_reload_starts_from_the_kept_graph(
     entry = entries[-1]
     assert entries[0]["loaded_at"] < entry["loaded_at"]
     assert entry["graph_cache_hit"] is True
+    assert entry["candidate_filter"] is False  # a CPU replica's models choose their candidates on the host
     assert answers[0] == answers[1] and {p["class"] for p in answers[0]} == {"circle", "square", "triangle"}
     phases = ("load_fetch", "load_room", "load_lock", "load_graph", "load_session", "load_warmup", "load_measure")
     for t in timings:

@@ -208,6 +208,7 @@ class ModelCache:
                            "providers": list(getattr(lm.model, "providers", None) or []),
                            "batch_sessions": list(getattr(lm.model, "batch_sessions", None) or []),
                            "graph_cache_hit": bool(getattr(lm.model, "graph_cache_hit", False)),
+                           "candidate_filter": bool(getattr(lm.model, "candidate_filter", False)),
                            "quick_start_pending": bool(getattr(lm.model, "tuning_pending", False)),
                            "load_phases": {k: round(v, 4) for k, v in lm.phases.items()}}
                        for m, lm in self._models.items()},

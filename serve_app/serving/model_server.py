@@ -430,6 +430,7 @@ class ModelServerCore:
                       "load_seconds": info["load_seconds"], "requests": info["requests"],
                       "memory_bytes": info["memory_bytes"], "pinned": info["pinned"], "providers": info["providers"],
                       "batch_sessions": info["batch_sessions"], "graph_cache_hit": info["graph_cache_hit"],
+                      "candidate_filter": info["candidate_filter"],
                       "quick_start_pending": info["quick_start_pending"],
                       "load_phases": info["load_phases"]}
                   for m, info in cache["models"].items()}
