@@ -460,7 +460,7 @@ class ModelServerCore:
 
 def session_options_for(settings: Settings, device: str) -> SessionOptions:
     """The settings' session options for a replica whose models run on ``device`` ("gpu" or "cpu"):
-    on the CPU without the candidate filter, whose graph ops cost one core more than the copies and
+    on the CPU without the candidate filter, whose graph ops cost more CPU there than the copies and
     NumPy work they save (YOLOv8n, one thread: 77.6 against 75.4 core-ms per image).
 
     >>> session_options_for(Settings(), "cpu").candidate_filter, session_options_for(Settings(), "gpu").candidate_filter
