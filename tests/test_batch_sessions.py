@@ -7,28 +7,22 @@ Every path must give each image the answer the model gives it alone.
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import numpy as np
 import pytest
 
-from serve_app.pipeline.session import SessionOptions
-from serve_app.registry.manifest import Manifest
 from serve_app.tasks.params import InferenceParams
 from serve_app.tasks.vision_model import VisionModel
-from tests.zoo_models import MODELS
+from tests.zoo_models import load_builtin
 from zoo.shapes import draw_scene
 
 PARAMS = InferenceParams(confidence=0.3, iou_threshold=0.5)
 
 
 def load(model_id: str = "shapes-det/1", **options: Any) -> VisionModel:
-    manifest = Manifest.from_dict(json.loads((MODELS / model_id / "model.json").read_text()))
-    files = {name: (MODELS / model_id / spec.path).read_bytes() for name, spec in manifest.files.items()}
-    return VisionModel.load(manifest, files, SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=2,
-                                                            batch_sizes=(1, 8), force_batch_sessions=True, **options))
+    return load_builtin(model_id, batch_sizes=(1, 8), force_batch_sessions=True, **options)
 
 
 @pytest.fixture(scope="module")

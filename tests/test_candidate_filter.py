@@ -5,7 +5,6 @@ class filter, NMS mode or candidate cap, alone or batched with requests of other
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import numpy as np
@@ -17,12 +16,10 @@ from onnx import TensorProto, helper
 from serve_app.errors import ModelLoadError
 from serve_app.pipeline.candidates import (CANDIDATES, COUNTS, DEFAULT_FEEDS, FLOOR, CandidateRows,
                                            append_candidate_filter, score_floor)
-from serve_app.pipeline.session import SessionOptions
-from serve_app.registry.manifest import Manifest
 from serve_app.serving.batcher import TensorBatcher
 from serve_app.tasks.params import InferenceParams
 from serve_app.tasks.vision_model import VisionModel
-from tests.zoo_models import MODELS
+from tests.zoo_models import load_builtin
 from zoo.shapes import draw_scene
 
 
@@ -97,10 +94,7 @@ def test_graphs_it_cannot_filter_are_refused():
 
 # -- through the model --------------------------------------------------------------------------------
 def load(model_id: str = "shapes-det/1", **options: Any) -> VisionModel:
-    manifest = Manifest.from_dict(json.loads((MODELS / model_id / "model.json").read_text()))
-    files = {name: (MODELS / model_id / spec.path).read_bytes() for name, spec in manifest.files.items()}
-    return VisionModel.load(manifest, files, SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=2,
-                                                            batch_sizes=(1, 8), force_batch_sessions=True, **options))
+    return load_builtin(model_id, batch_sizes=(1, 8), force_batch_sessions=True, **options)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,13 +20,20 @@ MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
 
 @lru_cache(maxsize=None)
 def builtin(model_id: str) -> VisionModel:
-    """A built-in model loaded on the CPU; FileNotFoundError when the repository lacks it."""
+    """A built-in model loaded on the CPU once per process (shared: not for tests that change it)."""
+    return load_builtin(model_id)
+
+
+def load_builtin(model_id: str, **options: Any) -> VisionModel:
+    """A built-in model loaded on the CPU, a new one each call (``options``: more SessionOptions
+    fields); FileNotFoundError when the repository lacks it."""
     folder = MODELS / model_id
     if not (folder / "model.json").exists():
         raise FileNotFoundError(f"built-in model {model_id} is not in {MODELS}")
     manifest = Manifest.from_dict(json.loads((folder / "model.json").read_text()))
     files = {name: (folder / spec.path).read_bytes() for name, spec in manifest.files.items()}
-    return VisionModel.load(manifest, files, SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=2))
+    return VisionModel.load(manifest, files, SessionOptions(**{"providers": ("CPUExecutionProvider",),
+                                                               "intra_op_threads": 2, **options}))
 
 
 def pred_boxes(preds: list[dict]) -> np.ndarray:
