@@ -24,7 +24,7 @@ host's selection keeps it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -113,11 +113,12 @@ def append_candidate_filter(model_bytes: bytes, num_classes: int) -> bytes:
 
 @dataclass(frozen=True)
 class CandidateRows:
-    """A batch's candidate rows as the filter wrote them. ``images[i]`` (``self[i]``) is image
-    ``i``'s rows channels first, ``[4 + C + E, M_i]``, the layout YOLOv8's decoder reads."""
+    """A batch's candidate rows as the filter wrote them. ``self[i]`` is image ``i``'s rows
+    channels first, ``[4 + C + E, M_i]``, the layout YOLOv8's decoder reads."""
 
     rows: np.ndarray  # (M, D)
     counts: np.ndarray  # (N,)
+    _starts: np.ndarray = field(init=False, repr=False)  # where each image's rows start, and the end
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_starts", np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64))
@@ -128,7 +129,7 @@ class CandidateRows:
     def __getitem__(self, i: int | slice) -> Any:
         """Image ``i``'s rows, channels first; or, for a slice, those images' :class:`CandidateRows`
         (one request's share of a batch)."""
-        starts = self._starts  # type: ignore[attr-defined]
+        starts = self._starts
         if isinstance(i, slice):
             first, stop, step = i.indices(len(self))
             if step != 1:
